@@ -1,0 +1,122 @@
+"""RelayConfig: every setting, loaded in one place from arguments and the environment.
+
+Nothing else in the package reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import RelayValidationError
+
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_OP_TIMEOUT = 60.0
+DEFAULT_WANDB_TIMEOUT = 600.0
+DEFAULT_OUTPUT_CAP = 1024 * 1024
+DEFAULT_AUDIT_LOG = "~/.aexp/airgapped-relay.log"
+DEFAULT_SSH_BIN = "ssh"
+DEFAULT_WANDB = "wandb"
+# Seconds the login node's `timeout -k` waits past the call's own timeout before it
+# stops the remote command, so the local side always gives up first and reports.
+REMOTE_TIMEOUT_GRACE = 5.0
+
+# name -> meaning; the docs table and `--help` are generated from this.
+ENV_VARS: dict[str, str] = {
+    "AEXP_RELAY_SSH_HOST": "default host (an ssh alias or user@host)",
+    "AEXP_RELAY_REMOTE_REPO": "default repo path on the host (absolute, or starting with ~/)",
+    "AEXP_RELAY_SSH_CONFIG": "an ssh config file, passed to ssh as -F",
+    "AEXP_RELAY_SSH_BIN": "the ssh program (default ssh)",
+    "AEXP_RELAY_SSH_VERBOSE": "1 turns on ssh -vv into a log file (never into the captured stderr)",
+    "AEXP_RELAY_CONNECT_TIMEOUT": (
+        f"ssh ConnectTimeout in seconds (default {DEFAULT_CONNECT_TIMEOUT:g})"
+    ),
+    "AEXP_RELAY_TIMEOUT": (
+        f"default per-call timeout in seconds (default {DEFAULT_OP_TIMEOUT:g}; "
+        f"wandb_sync {DEFAULT_WANDB_TIMEOUT:g})"
+    ),
+    "AEXP_RELAY_WANDB": (
+        "the remote wandb command (default wandb); an absolute path is most reliable"
+    ),
+    "AEXP_RELAY_AUDIT_LOG": f"the audit log path (default {DEFAULT_AUDIT_LOG})",
+    "AEXP_RELAY_OUTPUT_CAP": f"bytes kept per output stream (default {DEFAULT_OUTPUT_CAP})",
+}
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    ssh_host: str | None = None
+    remote_repo: str | None = None
+    ssh_config: str | None = None
+    ssh_bin: str = DEFAULT_SSH_BIN
+    ssh_verbose: bool = False
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    timeout: float | None = None  # None: each op's own default
+    wandb: str = DEFAULT_WANDB
+    audit_log: Path | None = dataclasses.field(
+        default_factory=lambda: Path(DEFAULT_AUDIT_LOG).expanduser()
+    )
+    output_cap: int = DEFAULT_OUTPUT_CAP
+    verbose_log_dir: Path = dataclasses.field(
+        default_factory=lambda: Path("~/.aexp/ssh-logs").expanduser()
+    )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> RelayConfig:
+        """Build from the environment, then apply non-None keyword overrides."""
+        env = os.environ if env is None else env
+
+        def text(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or None
+
+        values: dict[str, object] = {
+            "ssh_host": text("AEXP_RELAY_SSH_HOST"),
+            "remote_repo": text("AEXP_RELAY_REMOTE_REPO"),
+            "ssh_config": text("AEXP_RELAY_SSH_CONFIG"),
+            "ssh_bin": text("AEXP_RELAY_SSH_BIN") or DEFAULT_SSH_BIN,
+            "ssh_verbose": _flag(env, "AEXP_RELAY_SSH_VERBOSE"),
+            "connect_timeout": _number(env, "AEXP_RELAY_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT),
+            "timeout": _number(env, "AEXP_RELAY_TIMEOUT", None),
+            "wandb": text("AEXP_RELAY_WANDB") or DEFAULT_WANDB,
+            "output_cap": int(_number(env, "AEXP_RELAY_OUTPUT_CAP", DEFAULT_OUTPUT_CAP) or 0),
+        }
+        audit = text("AEXP_RELAY_AUDIT_LOG")
+        if audit:
+            values["audit_log"] = Path(audit).expanduser()
+        home = text("HOME")
+        if home and not audit:
+            values["audit_log"] = Path(home) / ".aexp" / "airgapped-relay.log"
+        if home:
+            values["verbose_log_dir"] = Path(home) / ".aexp" / "ssh-logs"
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+    def replace(self, **changes: object) -> RelayConfig:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    return env.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _number(env: Mapping[str, str], name: str, default: float | None) -> float | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise RelayValidationError(
+            f"{name}={raw!r} is not a number.",
+            hint=f"Set {name} to a positive number of seconds, or unset it.",
+        ) from None
+    if not value > 0:
+        raise RelayValidationError(
+            f"{name}={raw!r} must be greater than zero.",
+            hint=f"Set {name} to a positive number, or unset it.",
+        )
+    return value

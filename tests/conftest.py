@@ -1,0 +1,98 @@
+"""Shared fixtures: a real sandbox (private sshd on 127.0.0.1, bare origin, clones)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from aexp_relay_mcp import RelayClient
+from aexp_relay_mcp.sandbox import Sandbox, sshd_available
+
+REQUIRE_SSHD = os.environ.get("AEXP_RELAY_REQUIRE_SSHD") == "1"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _need_sshd() -> None:
+    if sshd_available():
+        return
+    reason = (
+        "OpenSSH server (/usr/sbin/sshd) is not installed: the real-ssh tests cannot run. "
+        "Install it with `apt-get install -y openssh-server`."
+    )
+    if REQUIRE_SSHD:
+        pytest.fail(f"AEXP_RELAY_REQUIRE_SSHD=1 but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def sandbox() -> Iterator[Sandbox]:
+    """A fresh sandbox per test: mutating tests never see each other's commits."""
+    _need_sshd()
+    with Sandbox() as sb:
+        yield sb
+
+
+@pytest.fixture(scope="module")
+def shared_sandbox() -> Iterator[Sandbox]:
+    """One sandbox for a module of read-only tests."""
+    _need_sshd()
+    with Sandbox() as sb:
+        yield sb
+
+
+@pytest.fixture
+def client(sandbox: Sandbox) -> RelayClient:
+    return RelayClient(config=sandbox.config())
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.1) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+def processes_matching(text: str) -> list[tuple[int, str]]:
+    """Live processes whose command line contains text (reads /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmd and state != "Z":
+            found.append((int(entry.name), cmd))
+    return found
+
+
+def snapshot(sb: Sandbox, repo: Path) -> dict[str, str]:
+    """Everything that must not change when an op fails: HEAD, refs, index, worktree, stash."""
+    return {
+        "head": sb.git(repo, "rev-parse", "HEAD"),
+        "symbolic": sb.git(repo, "symbolic-ref", "-q", "HEAD", check=False),
+        "refs": sb.git(
+            repo, "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads", "refs/tags"
+        ),
+        "index": sb.git(repo, "ls-files", "-s"),
+        "status": sb.git(repo, "status", "--porcelain=v1", "-uall"),
+        "diff": sb.git(repo, "diff"),
+        "stash": sb.git(repo, "stash", "list"),
+        "worktree": "\n".join(
+            f"{p.relative_to(repo)}:{p.read_bytes().hex()}"
+            for p in sorted(repo.rglob("*"))
+            if p.is_file() and ".git" not in p.relative_to(repo).parts
+        ),
+    }

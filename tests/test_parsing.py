@@ -1,0 +1,212 @@
+"""Pure parsing of git, ssh and wandb output, and the audit log."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from aexp_relay_mcp.audit import AuditLog
+from aexp_relay_mcp.errors import RemoteCommandError, render_hint
+from aexp_relay_mcp.parsing import (
+    classify_git_failure,
+    classify_ssh_failure,
+    clean_text,
+    diff_refs,
+    parse_push_porcelain,
+    parse_ref_snapshot,
+    parse_status_z,
+    parse_wandb_runs,
+    redact,
+    tail,
+)
+from aexp_relay_mcp.remote import parse_script_output
+
+SHA1 = "a" * 40
+SHA2 = "b" * 40
+
+
+def test_status_z_parses_branch_upstream_and_every_kind_of_entry() -> None:
+    records = [
+        f"# branch.oid {SHA1}",
+        "# branch.head feat/x",
+        "# branch.upstream origin/feat/x",
+        "# branch.ab +2 -3",
+        f"1 M. N... 100644 100644 100644 {SHA1} {SHA1} staged file.py",
+        f"1 .M N... 100644 100644 100644 {SHA1} {SHA1} unstaged.py",
+        f"2 R. N... 100644 100644 100644 {SHA1} {SHA1} R100 new name.py",
+        "old name.py",
+        f"u UU N... 100644 100644 100644 100644 {SHA1} {SHA1} {SHA1} both.py",
+        "? untracked dir/file.txt",
+    ]
+    parsed = parse_status_z("\0".join(records) + "\0")
+    s = parsed.state
+    assert (s.branch, s.head, s.upstream, s.ahead, s.behind) == (
+        "feat/x", SHA1, "origin/feat/x", 2, 3
+    )  # fmt: skip
+    assert [e.path for e in parsed.staged] == ["staged file.py", "new name.py"]
+    assert parsed.staged[1].orig_path == "old name.py"
+    assert [e.path for e in parsed.unstaged] == ["unstaged.py"]
+    assert parsed.conflicted == ["both.py"]
+    assert parsed.untracked == ["untracked dir/file.txt"]
+    assert parsed.counts == (2, 1, 1, 1)
+
+
+def test_status_of_detached_and_unborn_heads() -> None:
+    detached = parse_status_z(f"# branch.oid {SHA1}\0# branch.head (detached)\0")
+    assert detached.state.branch is None and detached.state.head == SHA1
+    unborn = parse_status_z("# branch.oid (initial)\0# branch.head main\0")
+    assert unborn.state.head is None and unborn.state.ahead is None
+
+
+def test_control_characters_in_file_names_are_escaped_never_passed_raw() -> None:
+    parsed = parse_status_z("# branch.head m\x1b[31main\0? evil\x1b]0;pwned\x07.txt\0")
+    assert parsed.untracked == ["evil\\x1b]0;pwned\\x07.txt"]
+    assert parsed.state.branch == "m\\x1b[31main"
+    assert clean_text("a\nb", keep_newlines=True) == "a\nb"
+
+
+def test_ref_snapshots_diff_into_new_updated_and_deleted() -> None:
+    before = parse_ref_snapshot(
+        f"{SHA1} refs/remotes/origin/main\n{SHA1} refs/remotes/origin/gone\n"
+        f"{SHA1} refs/remotes/origin/HEAD\n"
+    )
+    after = parse_ref_snapshot(f"{SHA2} refs/remotes/origin/main\n{SHA2} refs/remotes/origin/new\n")
+    changes = [(u.ref, u.change) for u in diff_refs(before, after)]
+    assert changes == [
+        ("origin/gone", "deleted"),
+        ("origin/main", "updated"),
+        ("origin/new", "new"),
+    ]
+
+
+def test_push_porcelain_statuses() -> None:
+    text = (
+        "To /srv/origin.git\n"
+        "=\trefs/heads/a:refs/heads/a\t[up to date]\n"
+        " \trefs/heads/b:refs/heads/b\taaa..bbb\n"
+        "*\trefs/heads/c:refs/heads/c\t[new branch]\n"
+        "!\trefs/heads/d:refs/heads/d\t[rejected] (fetch first)\n"
+        "!\trefs/heads/e:refs/heads/e\t[remote rejected] (pre-receive hook declined)\n"
+        "Done\n"
+    )
+    assert [r.status for r in parse_push_porcelain(text)] == [
+        "up_to_date", "ok", "new", "rejected", "remote_rejected"
+    ]  # fmt: skip
+
+
+def test_wandb_listing_ignores_anything_that_is_not_a_run() -> None:
+    text = "offline-run-1-a\t8\t0\noffline-run-2-b\t4\t1\n../etc\t1\t0\ngarbage\n"
+    runs = parse_wandb_runs(text)
+    assert [(r.name, r.size_bytes, r.synced) for r in runs] == [
+        ("offline-run-1-a", 8192, False),
+        ("offline-run-2-b", 4096, True),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("stderr", "kind"),
+    [
+        ("ssh: connect to host 127.0.0.1 port 1: Connection refused", "connection_refused"),
+        ("ssh: Could not resolve hostname x: Name or service not known", "unresolvable_host"),
+        ("u@127.0.0.1: Permission denied (publickey).", "auth_failed"),
+        (
+            "@@@\nWARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!\nHost key verification failed.",
+            "host_key_changed",
+        ),
+        ("No ED25519 host key is known for x\nHost key verification failed.", "host_key_unknown"),
+        ("Connection to 127.0.0.1 closed by remote host.", "connection_dropped"),
+        ("ssh: connect to host x port 22: Connection timed out", "connection_timeout"),
+        ("", "unreachable"),
+    ],
+)
+def test_ssh_failures_are_classified_from_stderr(stderr: str, kind: str) -> None:
+    assert classify_ssh_failure(stderr).kind == kind
+
+
+@pytest.mark.parametrize(
+    ("stderr", "kind"),
+    [
+        ("fatal: detected dubious ownership in repository at '/r'", "dubious_ownership"),
+        ("fatal: not a git repository (or any of the parent directories): .git", "not_a_repo"),
+        ("fatal: Not possible to fast-forward, aborting.", "diverged"),
+        (
+            "error: Your local changes to the following files would be overwritten by merge:",
+            "dirty_worktree",
+        ),
+        ("error: cannot pull with rebase: You have unstaged changes.", "dirty_worktree"),
+        (" ! [rejected]        main -> main (fetch first)", "non_fast_forward"),
+        (" ! [remote rejected] main -> main (pre-receive hook declined)", "push_rejected"),
+        ("git@github.com: Permission denied (publickey).", "auth_to_origin_failed"),
+        ("fatal: could not read Username for 'https://github.com'", "auth_to_origin_failed"),
+        ("fatal: unable to access 'https://x/': Could not resolve host: x", "origin_unreachable"),
+        ("There is no tracking information for the current branch.", "no_upstream"),
+        ("fatal: Unable to create '/r/.git/index.lock': File exists.", "locked"),
+        ("sh: 1: git: not found", "git_missing"),
+        ("something else entirely", "command_failed"),
+    ],
+)
+def test_git_failures_are_classified_with_a_hint(stderr: str, kind: str) -> None:
+    failure = classify_git_failure(stderr, 1)
+    assert failure.kind == kind and failure.hint
+
+
+def test_hints_name_the_next_op_in_each_surface_s_own_words() -> None:
+    hint = classify_git_failure("fatal: Not possible to fast-forward, aborting.", 1).hint
+    assert "`rebase`" in render_hint(hint)
+    assert "airgapped_rebase" in render_hint(hint, lambda op: f"airgapped_{op}")
+    err = RemoteCommandError("m", kind="diverged", hint=hint, exit_code=128, stderr_tail="t")
+    data = err.to_dict(lambda op: f"airgapped_{op}")
+    assert data["kind"] == "diverged" and "airgapped_rebase" in data["hint"]
+    assert data["exit_code"] == 128 and data["stderr_tail"] == "t"
+
+
+def test_credentials_in_urls_are_redacted_from_error_output() -> None:
+    assert (
+        redact("fatal: https://user:ghp_secret@github.com/x") == "fatal: https://***@github.com/x"
+    )
+    assert "ghp_secret" not in tail("remote: https://ghp_secret@github.com/x.git\n")
+
+
+def test_markers_from_a_spoofing_command_without_the_nonce_are_not_trusted() -> None:
+    out = parse_script_output(
+        "\n@AEXP-ffffffffffffffff@ exit 0\n",
+        "\n@AEXP-ffffffffffffffff@ exit 0\n",
+        "0123456789abcdef",
+    )
+    assert out.exit_code is None
+
+
+def test_audit_log_is_jsonl_mode_0600_and_appends(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "sub" / "audit.log")
+    log.record(request_id="r1", op="push", args={"branch": "main"}, outcome="ok")
+    log.record(request_id="r2", op="pull", outcome="failed", kind="diverged", exit_code=128)
+    lines = [json.loads(x) for x in (tmp_path / "sub" / "audit.log").read_text().splitlines()]
+    assert [x["request_id"] for x in lines] == ["r1", "r2"]
+    assert lines[1]["kind"] == "diverged" and lines[0]["args"] == {"branch": "main"}
+    assert stat.S_IMODE(os.stat(tmp_path / "sub" / "audit.log").st_mode) == 0o600
+
+
+def test_unwritable_audit_log_warns_once_and_never_raises(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    log = AuditLog(blocker / "audit.log")  # parent is a file: cannot be created
+    log.record(request_id="r1", op="pull", outcome="ok")
+    log.record(request_id="r2", op="pull", outcome="ok")
+    err = capsys.readouterr().err
+    assert err.count("cannot write the audit log") == 1
+    assert "AEXP_RELAY_AUDIT_LOG" in err
+
+
+def test_reference_doc_is_generated_from_the_current_registry() -> None:
+    from aexp_relay_mcp.reference import render_reference_markdown
+
+    doc = Path(__file__).parent.parent / "docs" / "reference.md"
+    assert doc.read_text() == render_reference_markdown(), (
+        "docs/reference.md is stale: run `python -m aexp_relay_mcp.reference > docs/reference.md`"
+    )
