@@ -9,6 +9,8 @@ import asyncio
 import contextlib
 import re
 import secrets
+import signal
+import subprocess
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -43,6 +45,7 @@ from .ops import (
 )
 from .parsing import (
     Failure,
+    GitProgress,
     classify_git_failure,
     classify_ssh_failure,
     clean_text,
@@ -60,7 +63,9 @@ from .remote import (
     validate_repo,
 )
 from .results import ConnectionStatus, OpResult, WandbPreview, WandbSyncResult
-from .runner import ProcessResult, ProcessTimeout, Runner, run_process
+from .runner import ProcessResult, ProcessTimeout, Runner, kill_live_groups, run_process
+
+ProgressFn = Callable[[float, str], None]
 
 MAX_TIMEOUT_S = 24 * 3600.0
 REMOTE_KILL_TIMEOUT_S = 10.0
@@ -104,6 +109,8 @@ class RelayClient:
         self.env = env
         self.clock = clock
         self._repo_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        # nonce -> (host, remote process group) of commands running now
+        self._inflight: dict[str, tuple[str, int]] = {}
 
     # ------------------------------------------------------------------ public
 
@@ -116,8 +123,12 @@ class RelayClient:
         remote_repo: str | None = None,
         approve: bool = False,
         timeout: float | None = None,
+        on_progress: ProgressFn | None = None,
     ) -> OpResult:
-        """Run one op. Returns its frozen result or raises a RelayError."""
+        """Run one op. Returns its frozen result or raises a RelayError.
+
+        ``on_progress(percent, message)`` is called as git reports progress.
+        """
         rid = new_request_id()
         started = self.clock()
         host = ssh_host or self.config.ssh_host
@@ -137,11 +148,18 @@ class RelayClient:
             lock = self._repo_locks.setdefault((host, repo), asyncio.Lock())
             if spec.consent:
                 result: OpResult = await self._wandb_sync(
-                    spec, parsed, ctx, host, approve, limit, rid, started, lock
+                    spec, parsed, ctx, host, approve, limit, rid, started, lock, on_progress
                 )
             else:
                 async with _maybe(lock, spec.mutating):
-                    out = await self._execute(spec.build(parsed, ctx), host, repo, limit, spec=spec)
+                    out = await self._execute(
+                        spec.build(parsed, ctx),
+                        host,
+                        repo,
+                        limit,
+                        spec=spec,
+                        on_progress=on_progress,
+                    )
                 result = spec.result_model(
                     op=op,
                     request_id=rid,
@@ -223,19 +241,24 @@ class RelayClient:
             )
         return float(limit)
 
-    async def _wandb_sync(
+    async def wandb_preview(
         self,
-        spec: OpSpec,
-        args: Any,
-        ctx: BuildContext,
-        host: str,
-        approve: bool,
-        limit: float,
-        rid: str,
-        started: float,
-        lock: asyncio.Lock,
-    ) -> OpResult:
-        assert isinstance(args, WandbSyncArgs)
+        runs: list[str] | None = None,
+        *,
+        ssh_host: str | None = None,
+        remote_repo: str | None = None,
+    ) -> WandbPreview:
+        """What ``wandb_sync`` would upload: runs, sizes and the exact command. Uploads nothing."""
+        _, parsed = validate_request("wandb_sync", {"runs": runs} if runs is not None else None)
+        host = validate_host(ssh_host or self.config.ssh_host)
+        repo = validate_repo(remote_repo or self.config.remote_repo)
+        ctx = BuildContext(repo=repo, wandb_words=wandb_words(self.config.wandb))
+        assert isinstance(parsed, WandbSyncArgs)
+        return await self._wandb_preview(parsed, ctx, host, CHECK_TIMEOUT_S)
+
+    async def _wandb_preview(
+        self, args: WandbSyncArgs, ctx: BuildContext, host: str, limit: float
+    ) -> WandbPreview:
         preview_out = await self._execute(
             build_wandb_preview(args, ctx), host, ctx.repo, min(limit, CHECK_TIMEOUT_S)
         )
@@ -250,13 +273,30 @@ class RelayClient:
                 details={"missing_runs": missing},
             )
         names = [r.name for r in wanted]
-        preview = WandbPreview(
+        return WandbPreview(
             runs=wanted,
             total_bytes=sum(r.size_bytes for r in wanted),
             all_runs=total,
             command=display_wandb_command(ctx, names) if names else "",
             wandb_available=available,
         )
+
+    async def _wandb_sync(
+        self,
+        spec: OpSpec,
+        args: Any,
+        ctx: BuildContext,
+        host: str,
+        approve: bool,
+        limit: float,
+        rid: str,
+        started: float,
+        lock: asyncio.Lock,
+        on_progress: ProgressFn | None,
+    ) -> OpResult:
+        assert isinstance(args, WandbSyncArgs)
+        preview = await self._wandb_preview(args, ctx, host, limit)
+        names = [r.name for r in preview.runs]
         common: dict[str, Any] = {
             "op": spec.name,
             "request_id": rid,
@@ -280,12 +320,14 @@ class RelayClient:
                 hint="Show the user the runs, sizes and command in preview. Only if they agree, "
                 "call {op:wandb_sync} again with approve=true and the same runs.",
             )
-        if not available:
+        if not preview.wandb_available:
             failure = guard_failure("wandb_missing")
             raise RemoteCommandError(failure.message, kind=failure.kind, hint=failure.hint)
         pinned = args.model_copy(update={"runs": names})
         async with lock:
-            out = await self._execute(spec.build(pinned, ctx), host, ctx.repo, limit, spec=spec)
+            out = await self._execute(
+                spec.build(pinned, ctx), host, ctx.repo, limit, spec=spec, on_progress=on_progress
+            )
         return WandbSyncResult(
             **common,
             **spec.parse(out, pinned),
@@ -303,6 +345,7 @@ class RelayClient:
         spec: OpSpec | None = None,
         enter: bool = True,
         check: bool = True,
+        on_progress: ProgressFn | None = None,
     ) -> ScriptOutput:
         """Run a script body over ssh; turn transport and remote failures into errors."""
         nonce = secrets.token_hex(8)
@@ -318,14 +361,23 @@ class RelayClient:
             ssh_config=self.config.ssh_config,
             verbose_log=verbose_log,
         )
-        pid_watch = _RemotePidWatch(marker(nonce))
+        pid_watch = _RemotePidWatch(
+            marker(nonce), lambda pid: self._inflight.update({nonce: (host, pid)})
+        )
+        progress = GitProgress(on_progress) if on_progress else None
+
+        def on_stderr(chunk: bytes) -> None:
+            pid_watch.feed(chunk)
+            if progress is not None:
+                progress.feed(chunk)
+
         try:
             proc = await self.runner(
                 argv,
                 timeout=limit,
                 output_cap=self.config.output_cap,
                 env=self.env,
-                on_stderr=pid_watch.feed,
+                on_stderr=on_stderr,
             )
         except FileNotFoundError:
             raise RelayDownError(
@@ -353,6 +405,8 @@ class RelayClient:
             with anyio.CancelScope(shield=True):
                 await self._kill_remote(host, pid_watch.pid)
             raise
+        finally:
+            self._inflight.pop(nonce, None)
         out = parse_script_output(proc.stdout, proc.stderr, nonce)
         if check:
             self._raise_for(out, proc, spec, verbose_log)
@@ -446,26 +500,52 @@ class RelayClient:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         return directory / f"ssh-{time.strftime('%Y%m%d-%H%M%S')}-{nonce}.log"
 
-    async def _kill_remote(self, host: str, pid: int | None) -> None:
-        """End the op's process group on the login node (best effort, bounded).
-
-        Internal: the pid is an integer the remote wrapper reported, never agent input.
-        """
-        if pid is None or pid <= 1:
-            return
+    def _kill_remote_argv(self, host: str, pid: int) -> list[str]:
+        """Internal, not an op: the pid is an integer the remote wrapper reported."""
         command = (
-            f"kill -TERM -{pid} 2>/dev/null || exit 0; sleep 1; "
-            f"kill -KILL -{pid} 2>/dev/null; exit 0"
+            f"kill -TERM -{int(pid)} 2>/dev/null || exit 0; sleep 1; "
+            f"kill -KILL -{int(pid)} 2>/dev/null; exit 0"
         )
-        argv = build_ssh_argv(
+        return build_ssh_argv(
             ssh_bin=self.config.ssh_bin,
             host=host,
             remote_command=command,
             connect_timeout=min(self.config.connect_timeout, 5),
             ssh_config=self.config.ssh_config,
         )
+
+    async def _kill_remote(self, host: str, pid: int | None) -> None:
+        """End the op's process group on the login node (best effort, bounded)."""
+        if pid is None or pid <= 1:
+            return
+        argv = self._kill_remote_argv(host, pid)
         with contextlib.suppress(ProcessTimeout, OSError):
             await self.runner(argv, timeout=REMOTE_KILL_TIMEOUT_S, output_cap=4096, env=self.env)
+
+    def emergency_stop(self, wait_s: float = 3.0) -> None:
+        """Synchronous last resort at shutdown (SIGTERM, SIGHUP): end every local child
+        group and every remote command this client still has running."""
+        kill_live_groups(signal.SIGKILL)
+        procs = []
+        for host, pid in list(self._inflight.values()):
+            if pid > 1:
+                with contextlib.suppress(OSError):
+                    procs.append(
+                        subprocess.Popen(
+                            self._kill_remote_argv(host, pid),
+                            stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                            start_new_session=True,
+                        )
+                    )
+        deadline = time.monotonic() + wait_s
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self._inflight.clear()
 
     def _audit(
         self,
@@ -487,10 +567,11 @@ class RelayClient:
 class _RemotePidWatch:
     """Picks the remote process-group id out of the stderr stream as it arrives."""
 
-    def __init__(self, mark: str) -> None:
+    def __init__(self, mark: str, on_pid: Callable[[int], None]) -> None:
         self.pattern = re.compile(re.escape(mark.encode()) + rb" pid (\d+)\n")
         self.buffer = b""
         self.pid: int | None = None
+        self.on_pid = on_pid
 
     def feed(self, chunk: bytes) -> None:
         if self.pid is not None or len(self.buffer) > 65536:
@@ -500,6 +581,7 @@ class _RemotePidWatch:
         if match:
             self.pid = int(match.group(1))
             self.buffer = b""
+            self.on_pid(self.pid)
 
 
 def _rebase_conflict(out: ScriptOutput) -> tuple[Failure, dict[str, Any]]:

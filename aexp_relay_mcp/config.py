@@ -43,7 +43,12 @@ ENV_VARS: dict[str, str] = {
     ),
     "AEXP_RELAY_AUDIT_LOG": f"the audit log path (default {DEFAULT_AUDIT_LOG})",
     "AEXP_RELAY_OUTPUT_CAP": f"bytes kept per output stream (default {DEFAULT_OUTPUT_CAP})",
+    "AEXP_RELAY_CONSENT": (
+        "who approves consent ops in the MCP server: agent (default: approve=true from the "
+        "agent) or elicit (the human must confirm through MCP elicitation; fails closed)"
+    ),
 }
+CONSENT_MODES = ("agent", "elicit")
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,7 @@ class RelayConfig:
     verbose_log_dir: Path = dataclasses.field(
         default_factory=lambda: Path("~/.aexp/ssh-logs").expanduser()
     )
+    consent: str = "agent"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> RelayConfig:
@@ -83,6 +89,7 @@ class RelayConfig:
             "timeout": _number(env, "AEXP_RELAY_TIMEOUT", None),
             "wandb": text("AEXP_RELAY_WANDB") or DEFAULT_WANDB,
             "output_cap": int(_number(env, "AEXP_RELAY_OUTPUT_CAP", DEFAULT_OUTPUT_CAP) or 0),
+            "consent": _choice(env, "AEXP_RELAY_CONSENT", CONSENT_MODES),
         }
         audit = text("AEXP_RELAY_AUDIT_LOG")
         if audit:
@@ -97,6 +104,16 @@ class RelayConfig:
 
     def replace(self, **changes: object) -> RelayConfig:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(name, "").strip().lower() or choices[0]
+    if raw not in choices:
+        raise RelayValidationError(
+            f"{name}={raw!r} is not one of {', '.join(choices)}.",
+            hint=f"Set {name} to one of: {', '.join(choices)}, or unset it.",
+        )
+    return raw
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:

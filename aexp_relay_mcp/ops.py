@@ -243,9 +243,9 @@ def _build_fetch(args: FetchArgs, ctx: BuildContext) -> Script:
     parts = [GIT_PRESENT]
     if args.remote is not None:
         parts.append(_remote_exists(args.remote))
+    fetch = step("fetch", "git", "fetch", "--prune", "--progress", *target)
     parts.append(
-        f"{step('before', *REFS)} && {step('fetch', 'git', 'fetch', '--prune', *target)} && "
-        f"{step('after', *REFS)} && {step('status', *STATUS)}"
+        f"{step('before', *REFS)} && {fetch} && {step('after', *REFS)} && {step('status', *STATUS)}"
     )
     return _seq(*parts)
 
@@ -286,7 +286,7 @@ def _after_history() -> str:
 
 
 def _build_pull(args: NoArgs, ctx: BuildContext) -> Script:
-    pull = step("pull", "git", "pull", "--ff-only", "--no-rebase", "--no-autostash")
+    pull = step("pull", "git", "pull", "--ff-only", "--no-rebase", "--no-autostash", "--progress")
     return _seq(
         GIT_PRESENT,
         NO_OP_IN_PROGRESS,
@@ -296,7 +296,7 @@ def _build_pull(args: NoArgs, ctx: BuildContext) -> Script:
 
 
 def _build_rebase(args: NoArgs, ctx: BuildContext) -> Script:
-    pull = step("pull", "git", "pull", "--rebase", "--no-autostash")
+    pull = step("pull", "git", "pull", "--rebase", "--no-autostash", "--progress")
     # On failure mid-rebase: record the conflicted files, abort in the same call,
     # and record HEAD after, so the caller can prove the repo is as it was.
     recover = (
@@ -332,7 +332,15 @@ def _build_push(args: PushArgs, ctx: BuildContext) -> Script:
     return _seq(
         GIT_PRESENT,
         _remote_exists(args.remote),
-        step("push", "git", "push", "--porcelain", args.remote, _push_refspec(args.branch)),
+        step(
+            "push",
+            "git",
+            "push",
+            "--porcelain",
+            "--progress",
+            args.remote,
+            _push_refspec(args.branch),
+        ),
     )
 
 
@@ -471,7 +479,7 @@ OPS: dict[str, OpSpec] = {
             commands=(
                 "git config --get remote.<remote>.url  (when a remote is named)",
                 "git for-each-ref refs/remotes",
-                "git fetch --prune (--all | <remote>)",
+                "git fetch --prune --progress (--all | <remote>)",
                 "git for-each-ref refs/remotes",
                 "git --no-optional-locks status --porcelain=v2 --branch -z",
             ),
@@ -488,7 +496,7 @@ OPS: dict[str, OpSpec] = {
             consent=False,
             default_timeout=DEFAULT_OP_TIMEOUT,
             commands=(
-                "git pull --ff-only --no-rebase --no-autostash",
+                "git pull --ff-only --no-rebase --no-autostash --progress",
                 "git log --format=%H%x09%s <old>..HEAD",
                 "git --no-optional-locks status --porcelain=v2 --branch -z",
             ),
@@ -505,7 +513,7 @@ OPS: dict[str, OpSpec] = {
             consent=False,
             default_timeout=DEFAULT_OP_TIMEOUT,
             commands=(
-                "git pull --rebase --no-autostash",
+                "git pull --rebase --no-autostash --progress",
                 "on conflict: git diff --name-only --diff-filter=U -z; git rebase --abort",
                 "git log --format=%H%x09%s <old>..HEAD",
                 "git --no-optional-locks status --porcelain=v2 --branch -z",
@@ -524,7 +532,7 @@ OPS: dict[str, OpSpec] = {
             default_timeout=DEFAULT_OP_TIMEOUT,
             commands=(
                 "git config --get remote.<remote>.url",
-                "git push --porcelain <remote> (HEAD | refs/heads/<b>:refs/heads/<b>)",
+                "git push --porcelain --progress <remote> (HEAD | refs/heads/<b>:refs/heads/<b>)",
             ),
             build=_build_push,
             parse=_parse_push,

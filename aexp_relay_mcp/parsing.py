@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .results import BranchState, Commit, FileEntry, PushedRef, RefUpdate, WandbRun
@@ -36,7 +36,9 @@ def redact(text: str) -> str:
 
 
 def tail(text: str, lines: int = STDERR_TAIL_LINES) -> str:
-    kept = "\n".join(text.strip("\n").splitlines()[-lines:])
+    """The last lines, progress meters collapsed, control characters escaped, URLs redacted."""
+    rows = [row.rsplit("\r", 1)[-1] for row in text.replace("\r\n", "\n").split("\n")]
+    kept = "\n".join([r for r in rows if r.strip()][-lines:])
     if len(kept) > STDERR_TAIL_CHARS:
         kept = kept[-STDERR_TAIL_CHARS:]
     return clean_text(redact(kept), keep_newlines=True)
@@ -142,6 +144,43 @@ def parse_commits(text: str, cap: int = COMMIT_CAP) -> list[Commit]:
 def parse_sha(text: str) -> str | None:
     value = text.strip()
     return value if re.fullmatch(r"[0-9a-f]{7,64}", value) else None
+
+
+# --------------------------------------------------------------------------- progress
+
+# git --progress phases, in the order they happen, for one overall percentage.
+_PROGRESS_RE = re.compile(
+    rb"(Counting objects|Compressing objects|Receiving objects|Resolving deltas|Writing objects)"
+    rb":\s+(\d{1,3})%"
+)
+_PHASE_ORDER = {
+    b"Counting objects": 0,
+    b"Compressing objects": 1,
+    b"Receiving objects": 2,
+    b"Writing objects": 2,
+    b"Resolving deltas": 3,
+}
+
+
+class GitProgress:
+    """Feeds on git's stderr bytes; calls back with (overall percent, message) as it moves."""
+
+    def __init__(self, callback: Callable[[float, str], None]) -> None:
+        self.callback = callback
+        self.last = -1.0
+        self.pending = b""
+
+    def feed(self, chunk: bytes) -> None:
+        data = self.pending + chunk
+        cut = max(data.rfind(b"\r"), data.rfind(b"\n"))
+        self.pending = data[cut + 1 :][-256:] if cut >= 0 else data[-256:]
+        for match in _PROGRESS_RE.finditer(data[: cut + 1] if cut >= 0 else b""):
+            phase = match.group(1)
+            pct = min(100, int(match.group(2)))
+            overall = (_PHASE_ORDER[phase] * 100 + pct) / 4
+            if overall > self.last:
+                self.last = overall
+                self.callback(overall, f"{phase.decode()}: {pct}%")
 
 
 # --------------------------------------------------------------------------- fetch

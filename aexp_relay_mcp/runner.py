@@ -119,6 +119,15 @@ class Runner(Protocol):
     ) -> ProcessResult: ...
 
 
+# Process groups of children still running, for a last-resort kill at shutdown.
+LIVE_GROUPS: set[int] = set()
+
+
+def kill_live_groups(sig: int = signal.SIGKILL) -> int:
+    """Signal every child group this process still has running; returns how many."""
+    return sum(kill_group(pgid, sig) for pgid in list(LIVE_GROUPS))
+
+
 def kill_group(pid: int, sig: int) -> bool:
     """Signal a process group; False if it is already gone."""
     try:
@@ -175,6 +184,7 @@ async def run_process(
         raise
     os.close(out_w)
     os.close(err_w)
+    LIVE_GROUPS.add(proc.pid)
     out_buf, err_buf = CappedBuffer(output_cap), CappedBuffer(output_cap)
     pumps = [
         asyncio.ensure_future(_pump(out_r, out_buf, None)),
@@ -194,6 +204,18 @@ async def run_process(
             duration_s=time.monotonic() - started,
         )
 
+    try:
+        return await _supervise(proc, pumps, timeout, result)
+    finally:
+        LIVE_GROUPS.discard(proc.pid)
+
+
+async def _supervise(
+    proc: asyncio.subprocess.Process,
+    pumps: Sequence[asyncio.Future[None]],
+    timeout: float,
+    result: Callable[[], ProcessResult],
+) -> ProcessResult:
     try:
         try:
             await asyncio.wait_for(proc.wait(), timeout)

@@ -58,6 +58,23 @@ done
 """
 
 
+# Used only when sshd is missing, and always labelled: NOT ssh. It drops ssh's
+# options and the host, then runs the remote command with the local sh.
+SSH_STANDIN = """#!/bin/sh
+# aexp sandbox LOCAL STAND-IN for ssh (no sshd installed): runs the command locally.
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --) shift; break ;;
+    -o|-F|-E|-p|-i|-l|-J) shift 2 ;;
+    -*) shift ;;
+    *) break ;;
+  esac
+done
+shift
+exec sh -c "$1"
+"""
+
+
 class SandboxError(RuntimeError):
     pass
 
@@ -74,10 +91,14 @@ class LoginUser:
     home: str
 
 
+def _current_user() -> LoginUser:
+    pw = pwd.getpwuid(os.geteuid())
+    return LoginUser(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir)
+
+
 def _login_user() -> LoginUser:
     if os.geteuid() != 0:
-        pw = pwd.getpwuid(os.geteuid())
-        return LoginUser(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir)
+        return _current_user()
     try:
         pw = pwd.getpwnam(SANDBOX_USER)
     except KeyError:
@@ -103,7 +124,9 @@ def _free_port() -> int:
 class Sandbox:
     """Start with ``with Sandbox() as sb:``; everything it started stops on exit."""
 
-    def __init__(self, *, max_sessions: int = 10, runs: int = 3) -> None:
+    def __init__(self, *, max_sessions: int = 10, runs: int = 3, standin: bool = False) -> None:
+        """``standin=True``: no sshd; ops go through a local stand-in for ssh (labelled so)."""
+        self.standin = standin
         self.max_sessions = max_sessions
         self.n_runs = runs
         self.root = Path(tempfile.mkdtemp(prefix="aexp-", dir="/tmp"))
@@ -118,7 +141,8 @@ class Sandbox:
         self.audit_log = self.root / "audit.log"
         self.ssh_config = self.ssh_dir / "ssh_config"
         self.sshd_log = self.ssh_dir / "sshd.log"
-        self.user = _login_user()
+        self.ssh_bin = "ssh"
+        self.user = _current_user() if standin else _login_user()
         self.port = 0
         self._sshd: subprocess.Popen[bytes] | None = None
 
@@ -138,6 +162,16 @@ class Sandbox:
         self.close()
 
     def start(self) -> None:
+        if self.standin:
+            self.ssh_dir.mkdir()
+            self.remote_dir.mkdir()
+            standin = self.ssh_dir / "ssh-standin"
+            standin.write_text(SSH_STANDIN)
+            standin.chmod(0o755)
+            self.ssh_bin = str(standin)
+            self.ssh_config.write_text("# no sshd: local stand-in\n")
+            self._repos()
+            return
         if not sshd_available():
             raise SandboxError(
                 f"OpenSSH server not found at {SSHD}. Install it: "
@@ -330,7 +364,7 @@ LogLevel INFO
     # ------------------------------------------------------------------ helpers
 
     def _chown(self, path: Path) -> None:
-        if os.geteuid() != 0:
+        if os.geteuid() != 0 or self.user.uid == os.geteuid():
             return
         for dirpath, dirnames, filenames in os.walk(path):
             os.chown(dirpath, self.user.uid, self.user.gid)
@@ -339,7 +373,7 @@ LogLevel INFO
 
     def write(self, path: Path, text: str) -> None:
         path.write_text(text)
-        if os.geteuid() == 0:
+        if os.geteuid() == 0 and self.user.uid != 0:
             os.chown(path, self.user.uid, self.user.gid)
 
     def git_env(self) -> dict[str, str]:
@@ -356,7 +390,7 @@ LogLevel INFO
 
     def git(self, cwd: Path, *args: str, check: bool = True) -> str:
         """Run git in cwd as the login user (so files keep the right owner)."""
-        as_user = os.geteuid() == 0
+        as_user = os.geteuid() == 0 and self.user.uid != 0
         proc = subprocess.run(
             ["git", *args],
             cwd=cwd,
@@ -379,7 +413,8 @@ LogLevel INFO
         return self.git(clone, "rev-parse", "HEAD").strip()
 
     def push_from_other(self, path: str = "upstream.txt", text: str = "upstream\n") -> str:
-        """Someone else pushes a commit to origin/main."""
+        """Someone else (up to date with origin) pushes a commit to origin/main."""
+        self.git(self.other, "pull", "-q", "--ff-only", "origin", "main")
         sha = self.commit(self.other, path, text, f"upstream change to {path}")
         self.git(self.other, "push", "-q", "origin", "main")
         return sha
@@ -407,6 +442,7 @@ LogLevel INFO
             audit_log=self.audit_log,
             connect_timeout=5,
             verbose_log_dir=self.root / "ssh-logs",
+            ssh_bin=self.ssh_bin,
         )
         return base.replace(**overrides)
 
@@ -419,4 +455,5 @@ LogLevel INFO
             "AEXP_RELAY_WANDB": str(self.wandb),
             "AEXP_RELAY_AUDIT_LOG": str(self.audit_log),
             "AEXP_RELAY_CONNECT_TIMEOUT": "5",
+            "AEXP_RELAY_SSH_BIN": self.ssh_bin,
         }
