@@ -43,12 +43,14 @@ ENV_VARS: dict[str, str] = {
     ),
     "AEXP_RELAY_AUDIT_LOG": f"the audit log path (default {DEFAULT_AUDIT_LOG})",
     "AEXP_RELAY_OUTPUT_CAP": f"bytes kept per output stream (default {DEFAULT_OUTPUT_CAP})",
+    "AEXP_RELAY_LOG_LEVEL": "server log level on stderr: DEBUG, INFO, WARNING (default), ERROR",
     "AEXP_RELAY_CONSENT": (
         "who approves consent ops in the MCP server: agent (default: approve=true from the "
         "agent) or elicit (the human must confirm through MCP elicitation; fails closed)"
     ),
 }
 CONSENT_MODES = ("agent", "elicit")
+LOG_LEVELS = ("warning", "debug", "info", "error")
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class RelayConfig:
         default_factory=lambda: Path("~/.aexp/ssh-logs").expanduser()
     )
     consent: str = "agent"
+    log_level: str = "WARNING"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> RelayConfig:
@@ -90,6 +93,7 @@ class RelayConfig:
             "wandb": text("AEXP_RELAY_WANDB") or DEFAULT_WANDB,
             "output_cap": int(_number(env, "AEXP_RELAY_OUTPUT_CAP", DEFAULT_OUTPUT_CAP) or 0),
             "consent": _choice(env, "AEXP_RELAY_CONSENT", CONSENT_MODES),
+            "log_level": _choice(env, "AEXP_RELAY_LOG_LEVEL", LOG_LEVELS).upper(),
         }
         audit = text("AEXP_RELAY_AUDIT_LOG")
         if audit:

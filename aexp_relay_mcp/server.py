@@ -503,12 +503,12 @@ def _apply_consent(
 
 def serve(config: RelayConfig | None = None) -> int:
     """Run the stdio server until stdin closes or a signal arrives; leave no child behind."""
+    cfg = config or RelayConfig.from_env()
     logging.basicConfig(
         stream=sys.stderr,
-        level=os.environ.get("AEXP_RELAY_LOG_LEVEL", "WARNING").upper(),
+        level=cfg.log_level,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    cfg = config or RelayConfig.from_env()
     client = RelayClient(config=cfg, op_namer=lambda op: f"`{tool_name(op)}`")
     server = build_server(client, cfg)
 

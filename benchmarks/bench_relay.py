@@ -19,6 +19,9 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from mcp import ClientSession
+from mcp.client.stdio import StdioServerParameters, stdio_client
+
 from aexp_relay_mcp import RelayClient
 from aexp_relay_mcp.sandbox import HOST_ALIAS, Sandbox
 
@@ -58,23 +61,49 @@ async def measure(cases: dict[str, Case], calls: int) -> dict[str, list[float]]:
     return times
 
 
+async def run_cases(sb: Sandbox, calls: int) -> dict[str, list[float]]:
+    client = RelayClient(config=sb.config(audit_log=None))
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "aexp_relay_mcp", "serve"], env=sb.env()
+    )
+    async with (
+        stdio_client(params) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+
+        async def mcp_call() -> None:
+            result = await session.call_tool("airgapped_repo_status", {})
+            assert not result.is_error
+
+        cases = {
+            "raw fresh ssh": raw_ssh(sb),
+            "relay repo_status": relay(client),
+            "MCP airgapped_repo_status": mcp_call,
+        }
+        return await measure(cases, calls)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=20)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     with Sandbox() as sb:
-        client = RelayClient(config=sb.config(audit_log=None))
-        cases = {"raw fresh ssh": raw_ssh(sb), "relay repo_status": relay(client)}
-        times = asyncio.run(measure(cases, args.calls))
+        times = asyncio.run(run_cases(sb, args.calls))
     medians = {name: statistics.median(t) for name, t in times.items()}
-    print(f"{'case':<24}{'median ms':>12}{'min ms':>10}{'max ms':>10}   (n={args.calls})")
+    print(f"{'case':<28}{'median ms':>12}{'min ms':>10}{'max ms':>10}   (n={args.calls})")
     for name, t in times.items():
-        print(f"{name:<24}{medians[name]:>12.1f}{min(t):>10.1f}{max(t):>10.1f}")
-    ratio = medians["relay repo_status"] / medians["raw fresh ssh"]
-    print(f"\nrelay / raw fresh ssh = {ratio:.2f}")
+        print(f"{name:<28}{medians[name]:>12.1f}{min(t):>10.1f}{max(t):>10.1f}")
+    ratios = {
+        "relay / raw fresh ssh": medians["relay repo_status"] / medians["raw fresh ssh"],
+        "MCP - relay (ms)": medians["MCP airgapped_repo_status"] - medians["relay repo_status"],
+    }
+    print()
+    for name, value in ratios.items():
+        print(f"{name:<28}{value:>12.2f}")
     if args.json:
-        args.json.write_text(json.dumps({"medians_ms": medians, "ratios": {"relay/raw": ratio}}))
+        args.json.write_text(json.dumps({"medians_ms": medians, "ratios": ratios}, indent=2))
     return 0
 
 
