@@ -20,6 +20,7 @@ import anyio
 
 from .audit import AuditLog
 from .config import REMOTE_TIMEOUT_GRACE, RelayConfig
+from .connection import ConnectionManager
 from .errors import (
     ConsentRequiredError,
     OpNamer,
@@ -108,6 +109,7 @@ class RelayClient:
         self.op_namer = op_namer
         self.env = env
         self.clock = clock
+        self.connections = ConnectionManager(self.config, clock)
         self._repo_locks: dict[tuple[str, str], asyncio.Lock] = {}
         # nonce -> (host, remote process group) of commands running now
         self._inflight: dict[str, tuple[str, int]] = {}
@@ -159,6 +161,7 @@ class RelayClient:
                         limit,
                         spec=spec,
                         on_progress=on_progress,
+                        trace=audit,
                     )
                 result = spec.result_model(
                     op=op,
@@ -203,11 +206,16 @@ class RelayClient:
             "branch": None,
             "git_version": None,
             "wandb_available": None,
+            "shared_connection": None,
+            "shared_connection_age_s": None,
+            "control_path": None,
         }
         audit = {"request_id": rid, "op": "check_connection", "host": host, "repo": repo}
         try:
             body = build_check(ctx)
-            out = await self._execute(body, host, repo or "~", limit, enter=False, check=False)
+            out = await self._execute(
+                body, host, repo or "~", limit, enter=False, check=False, trace=audit
+            )
         except (RelayDownError, RelayTimeoutError) as exc:
             self._audit(audit, started, _outcome(exc), exc.kind, exc.exit_code)
             return ConnectionStatus(
@@ -220,6 +228,12 @@ class RelayClient:
             )
         elapsed = self.clock() - started
         status = self._interpret_check(out, base, repo)
+        shared = await self.connections.check(host)
+        status.update(
+            shared_connection=shared.live if shared.enabled else None,
+            shared_connection_age_s=shared.age_s,
+            control_path=shared.control_path,
+        )
         self._audit(audit, started, "ok", status.get("problem"), out.exit_code)
         return ConnectionStatus(
             **status, reachable=True, rtt_ms=round(elapsed * 1000, 1), duration_s=round(elapsed, 4)
@@ -346,13 +360,18 @@ class RelayClient:
         enter: bool = True,
         check: bool = True,
         on_progress: ProgressFn | None = None,
+        trace: dict[str, Any] | None = None,
     ) -> ScriptOutput:
         """Run a script body over ssh; turn transport and remote failures into errors."""
+        started = self.clock()
         nonce = secrets.token_hex(8)
         command = build_remote_command(
             body, repo, nonce, timeout=limit, grace=REMOTE_TIMEOUT_GRACE, enter=enter
         )
         verbose_log = self._verbose_log_path(nonce)
+        options, multiplexed = await self._connection_options(host, limit)
+        if trace is not None:
+            trace["multiplexed"] = multiplexed
         argv = build_ssh_argv(
             ssh_bin=self.config.ssh_bin,
             host=host,
@@ -360,7 +379,9 @@ class RelayClient:
             connect_timeout=self.config.connect_timeout,
             ssh_config=self.config.ssh_config,
             verbose_log=verbose_log,
+            extra_options=options,
         )
+        remaining = max(0.5, limit - (self.clock() - started))
         pid_watch = _RemotePidWatch(
             marker(nonce), lambda pid: self._inflight.update({nonce: (host, pid)})
         )
@@ -372,13 +393,14 @@ class RelayClient:
                 progress.feed(chunk)
 
         try:
-            proc = await self.runner(
-                argv,
-                timeout=limit,
-                output_cap=self.config.output_cap,
-                env=self.env,
-                on_stderr=on_stderr,
-            )
+            async with self.connections.session_slot(host):
+                proc = await self.runner(
+                    argv,
+                    timeout=remaining,
+                    output_cap=self.config.output_cap,
+                    env=self.env,
+                    on_stderr=on_stderr,
+                )
         except FileNotFoundError:
             raise RelayDownError(
                 f"The ssh program {self.config.ssh_bin!r} was not found on this machine.",
@@ -407,12 +429,33 @@ class RelayClient:
             raise
         finally:
             self._inflight.pop(nonce, None)
+        self.connections.note_result(host, proc.stderr)
         out = parse_script_output(proc.stdout, proc.stderr, nonce)
         if check:
             self._raise_for(out, proc, spec, verbose_log)
         elif out.exit_code is None:
             self._raise_transport(out, proc, verbose_log)
         return out
+
+    async def _connection_options(self, host: str, limit: float) -> tuple[list[str], bool]:
+        """ssh options for sharing the host's master, starting one if needed, within limit."""
+        try:
+            return await asyncio.wait_for(self.connections.options_for(host), limit)
+        except asyncio.TimeoutError:
+            raise RelayTimeoutError(
+                f"Could not connect to {host} within {limit:g}s (starting the shared ssh "
+                "connection hung: a ProxyCommand/ProxyJump, the network, or a login prompt).",
+                hint="Check the host with plain ssh in a terminal; for MFA clusters run "
+                "`aexp-relay-mcp connect` once. Set AEXP_RELAY_CONTROL_PERSIST=no to "
+                "connect directly.",
+                details={"timeout_s": limit},
+            ) from None
+        except FileNotFoundError:
+            raise RelayDownError(
+                f"The ssh program {self.config.ssh_bin!r} was not found on this machine.",
+                kind="ssh_missing",
+                hint="Install the OpenSSH client, or set AEXP_RELAY_SSH_BIN to its path.",
+            ) from None
 
     def _raise_transport(
         self, out: ScriptOutput, proc: ProcessResult, verbose_log: Path | None
@@ -512,6 +555,7 @@ class RelayClient:
             remote_command=command,
             connect_timeout=min(self.config.connect_timeout, 5),
             ssh_config=self.config.ssh_config,
+            extra_options=self.connections.live_options(host),
         )
 
     async def _kill_remote(self, host: str, pid: int | None) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,10 @@ DEFAULT_WANDB = "wandb"
 # Seconds the login node's `timeout -k` waits past the call's own timeout before it
 # stops the remote command, so the local side always gives up first and reports.
 REMOTE_TIMEOUT_GRACE = 5.0
+DEFAULT_CONTROL_PERSIST = "10m"
+# ssh expands ~ and %C itself; the path must stay short (sockets fit in ~104 bytes).
+DEFAULT_CONTROL_DIR = "~/.aexp/cm"
+DEFAULT_MAX_SESSIONS = 8
 
 # name -> meaning; the docs table and `--help` are generated from this.
 ENV_VARS: dict[str, str] = {
@@ -43,6 +48,13 @@ ENV_VARS: dict[str, str] = {
     ),
     "AEXP_RELAY_AUDIT_LOG": f"the audit log path (default {DEFAULT_AUDIT_LOG})",
     "AEXP_RELAY_OUTPUT_CAP": f"bytes kept per output stream (default {DEFAULT_OUTPUT_CAP})",
+    "AEXP_RELAY_CONTROL_PERSIST": (
+        "how long the shared ssh connection (ControlMaster) stays up when idle, in ssh "
+        "ControlPersist form (default 10m); no turns connection reuse off"
+    ),
+    "AEXP_RELAY_MAX_SESSIONS": (
+        "concurrent ssh sessions per host (default 8; keep it below sshd's MaxSessions, 10)"
+    ),
     "AEXP_RELAY_LOG_LEVEL": "server log level on stderr: DEBUG, INFO, WARNING (default), ERROR",
     "AEXP_RELAY_CONSENT": (
         "who approves consent ops in the MCP server: agent (default: approve=true from the "
@@ -71,6 +83,9 @@ class RelayConfig:
         default_factory=lambda: Path("~/.aexp/ssh-logs").expanduser()
     )
     consent: str = "agent"
+    control_persist: str = DEFAULT_CONTROL_PERSIST
+    control_dir: str = DEFAULT_CONTROL_DIR
+    max_sessions: int = DEFAULT_MAX_SESSIONS
     log_level: str = "WARNING"
 
     @classmethod
@@ -93,6 +108,8 @@ class RelayConfig:
             "wandb": text("AEXP_RELAY_WANDB") or DEFAULT_WANDB,
             "output_cap": int(_number(env, "AEXP_RELAY_OUTPUT_CAP", DEFAULT_OUTPUT_CAP) or 0),
             "consent": _choice(env, "AEXP_RELAY_CONSENT", CONSENT_MODES),
+            "control_persist": _control_persist(text("AEXP_RELAY_CONTROL_PERSIST")),
+            "max_sessions": int(_number(env, "AEXP_RELAY_MAX_SESSIONS", DEFAULT_MAX_SESSIONS) or 1),
             "log_level": _choice(env, "AEXP_RELAY_LOG_LEVEL", LOG_LEVELS).upper(),
         }
         audit = text("AEXP_RELAY_AUDIT_LOG")
@@ -108,6 +125,19 @@ class RelayConfig:
 
     def replace(self, **changes: object) -> RelayConfig:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _control_persist(raw: str | None) -> str:
+    """ssh ControlPersist syntax: no, yes, or a time like 600, 10m, 1h30m."""
+    if raw is None:
+        return DEFAULT_CONTROL_PERSIST
+    value = raw.strip().lower()
+    if value in ("no", "yes") or re.fullmatch(r"(\d+[smhdw]?)+", value):
+        return value
+    raise RelayValidationError(
+        f"AEXP_RELAY_CONTROL_PERSIST={raw!r} is not an ssh ControlPersist value.",
+        hint="Use no (reuse off), or a duration such as 600, 10m or 1h.",
+    )
 
 
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:

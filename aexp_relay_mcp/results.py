@@ -133,6 +133,12 @@ class ConnectionStatus(_Frozen):
     branch: str | None
     git_version: str | None
     wandb_available: bool | None
+    shared_connection: bool | None = Field(
+        description="Whether a shared ssh connection (ControlMaster) to the host is live; "
+        "None when reuse is off (AEXP_RELAY_CONTROL_PERSIST=no)."
+    )
+    shared_connection_age_s: float | None = Field(description="Age of the shared connection.")
+    control_path: str | None = Field(description="The ControlPath socket used for the host.")
     problem: str | None = Field(description="Error kind when something is wrong, else None.")
     hint: str = Field(description="What to do next; empty when all is well.")
     request_id: str

@@ -187,8 +187,32 @@ class Sandbox:
         self.start_sshd()
 
     def close(self) -> None:
+        self.stop_masters()
         self.stop_sshd()
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def processes(self, *, masters: bool) -> list[int]:
+        """Local ssh processes pointed at this sandbox: shared-connection masters, or calls."""
+        found = []
+        needle = str(self.root).encode()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state == "Z" or not argv or not argv[0].endswith(b"ssh"):
+                continue
+            if any(needle in a for a in argv) and (b"-fNM" in argv) == masters:
+                found.append(int(entry.name))
+        return found
+
+    def stop_masters(self) -> None:
+        for pid in self.processes(masters=True):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
 
     def start_sshd(self) -> None:
         if os.geteuid() == 0:
@@ -443,6 +467,7 @@ LogLevel INFO
             connect_timeout=5,
             verbose_log_dir=self.root / "ssh-logs",
             ssh_bin=self.ssh_bin,
+            control_dir=str(self.root / "cm"),
         )
         return base.replace(**overrides)
 

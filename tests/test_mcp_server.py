@@ -263,7 +263,7 @@ async def test_cancelled_call_kills_local_and_remote_processes_and_the_session_l
             await s.call_tool("airgapped_fetch", {})
         cancelled_at = time.monotonic()
         assert await anyio.to_thread.run_sync(
-            lambda: wait_until(lambda: processes_matching(str(sandbox.ssh_config)) == [], 3)
+            lambda: wait_until(lambda: sandbox.processes(masters=False) == [], 3)
         )
         assert await anyio.to_thread.run_sync(
             lambda: wait_until(lambda: processes_matching("sleep 43") == [], 6)
@@ -313,13 +313,10 @@ async def test_server_shutdown_mid_call_leaves_no_orphan_anywhere(
     server.wait(timeout=10)
     assert await anyio.to_thread.run_sync(
         lambda: wait_until(
-            lambda: (
-                processes_matching("sleep 47") == []
-                and processes_matching(str(sandbox.ssh_config)) == []
-            ),
+            lambda: processes_matching("sleep 47") == [] and sandbox.processes(masters=False) == [],
             8,
         )
-    ), (processes_matching("sleep 47"), processes_matching(str(sandbox.ssh_config)))
+    ), (processes_matching("sleep 47"), sandbox.processes(masters=False))
     assert server_pids() == []
 
 
