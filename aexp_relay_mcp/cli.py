@@ -1,49 +1,307 @@
-"""CLI adapter: ``aexp-relay-mcp [serve | --selftest [--live] | --version]``.
+"""CLI adapter: ``aexp-relay-mcp <verb>``; with no verb it serves MCP over stdio.
 
-Heavy imports (the ``mcp`` SDK, pydantic) happen only in the branch that needs them.
+Only argparse is imported at start, so ``aexp-relay-mcp status --help`` is quick; the
+relay (pydantic) and the ``mcp`` SDK load in the branch that needs them.
+
+Exit codes:
+
+| code | meaning                                   |
+|------|-------------------------------------------|
+| 0    | ok                                        |
+| 1    | the remote command failed                 |
+| 2    | usage or validation error                 |
+| 3    | the host is unreachable (relay down)      |
+| 4    | timeout                                   |
+| 5    | consent required                          |
+| 130  | interrupted                               |
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-VERSION = "0.1.0"
+from . import __version__
+
+if TYPE_CHECKING:
+    from .client import RelayClient
+    from .errors import RelayError
+
+EXIT_OK = 0
+EXIT_REMOTE_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_TIMEOUT = 4
+EXIT_CONSENT = 5
+EXIT_INTERRUPTED = 130
+
+# verb -> (op, help). A test checks that every op in the registry has its verb.
+OP_VERBS: dict[str, tuple[str, str]] = {
+    "repo-status": ("repo_status", "branch, ahead/behind and changed files (read-only)"),
+    "fetch": ("fetch", "git fetch --prune (default all remotes)"),
+    "pull": ("pull", "git pull --ff-only; fails with 'diverged' instead of merging"),
+    "rebase": ("rebase", "git pull --rebase; on conflict aborted, repo left as it was"),
+    "push": ("push", "git push <remote> <branch>; never forced"),
+    "wandb-sync": ("wandb_sync", "upload offline wandb runs; previews unless --approve"),
+}
 
 
-def _parser() -> argparse.ArgumentParser:
+def verb_for(op: str) -> str:
+    return "status" if op == "status" else op.replace("_", "-")
+
+
+def cli_op_name(op: str) -> str:
+    return f"`aexp-relay-mcp {verb_for(op)}`"
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--host", help="ssh host or alias (default: $AEXP_RELAY_SSH_HOST)")
+    common.add_argument("--repo", help="repo path on the host (default: $AEXP_RELAY_REMOTE_REPO)")
+    common.add_argument("--timeout", type=float, help="seconds before the call is stopped")
+    common.add_argument("--json", action="store_true", help="print the structured result as JSON")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aexp-relay-mcp",
         description="Run whitelisted git and wandb ops on an HPC login node over ssh. "
         "With no command, serves MCP over stdio.",
+        epilog="exit codes: 0 ok, 1 remote command failed, 2 usage/validation, "
+        "3 host unreachable, 4 timeout, 5 consent required, 130 interrupted",
     )
-    parser.add_argument("--version", action="version", version=f"aexp-relay-mcp {VERSION}")
+    parser.add_argument("--version", action="version", version=f"aexp-relay-mcp {__version__}")
     parser.add_argument(
         "--selftest",
         action="store_true",
-        help="build a private sandbox (sshd on 127.0.0.1, origin, clone, stub wandb), drive every "
-        "MCP tool through a real stdio client, print a table, exit 0 only if all passed",
+        help="build a private sandbox, drive every MCP tool through a real stdio client, "
+        "print a table; exit 0 only if all passed",
     )
     parser.add_argument(
         "--live",
         action="store_true",
-        help="with --selftest: run only the read-only tools against the configured real host",
+        help="with --selftest: only the read-only tools, against the configured real host",
     )
-    sub = parser.add_subparsers(dest="command")
+    sub = parser.add_subparsers(dest="verb", metavar="<command>")
+    common = _common()
     sub.add_parser("serve", help="serve MCP over stdio (the default)")
+    sub.add_parser("status", parents=[common], help="check the ssh connection and the repo")
+    for verb, (_, text) in OP_VERBS.items():
+        p = sub.add_parser(verb, parents=[common], help=text, description=text)
+        if verb in ("fetch", "push"):
+            p.add_argument("--remote", help="a configured remote (default: origin; fetch: all)")
+        if verb == "push":
+            p.add_argument("--branch", help="local branch to push (default: the current one)")
+        if verb == "wandb-sync":
+            p.add_argument(
+                "--run", action="append", dest="runs", metavar="NAME",
+                help="an offline-run-* directory under wandb/ (repeatable; default: all unsynced)",
+            )  # fmt: skip
+            p.add_argument("--approve", action="store_true", help="upload (without it: preview)")
+    init = sub.add_parser("init", help="register the server in .mcp.json; print the ssh set-up")
+    init.add_argument("--host", required=True, help="ssh host or alias of the login node")
+    init.add_argument("--repo", required=True, help="repo path on the host (absolute or ~/...)")
+    init.add_argument("--mcp-config", default=".mcp.json", help="file to create or merge")
+    init.add_argument("--force", action="store_true", help="replace conflicting values")
+    init.add_argument("--check", action="store_true", help="also run the connection check")
+    for verb, text in (
+        ("connect", "open the shared ssh connection interactively (password, MFA, Duo)"),
+        ("disconnect", "close the shared ssh connection"),
+    ):
+        p = sub.add_parser(verb, help=text, description=text)
+        p.add_argument("host", nargs="?", help="default: $AEXP_RELAY_SSH_HOST")
+    sub.add_parser(
+        "sandbox",
+        help="run the built-in sandbox (private sshd, origin, clone, stub wandb) until Ctrl-C",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.live and not args.selftest:
+        print("aexp-relay-mcp: --live only goes with --selftest", file=sys.stderr)
+        return EXIT_USAGE
     if args.selftest:
         from .selftest import run_selftest
 
         return run_selftest(live=args.live)
-    if args.live:
-        print("aexp-relay-mcp: --live only goes with --selftest", file=sys.stderr)
-        return 2
+    if args.verb in (None, "serve"):
+        return _serve()
+    if args.verb == "init":
+        return _init(args)
+    if args.verb in ("connect", "disconnect"):
+        return _connect(args.verb, args.host)
+    if args.verb == "sandbox":
+        from .sandbox_command import run_sandbox
+
+        return run_sandbox()
+    return _run_op(args)
+
+
+def _serve() -> int:
+    from .errors import RelayError
     from .server import serve
 
-    return serve()
+    try:
+        return serve()
+    except RelayError as exc:  # bad configuration in the environment
+        print(f"aexp-relay-mcp: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _style(stream: Any) -> Any:
+    from .render import Style
+
+    return Style(stream.isatty() and not os.environ.get("NO_COLOR"))
+
+
+def exit_code_for(exc: RelayError) -> int:
+    from .errors import (
+        ConsentRequiredError,
+        RelayDownError,
+        RelayTimeoutError,
+        RelayValidationError,
+    )
+
+    if isinstance(exc, ConsentRequiredError):
+        return EXIT_CONSENT
+    if isinstance(exc, RelayValidationError):
+        return EXIT_USAGE
+    if isinstance(exc, RelayDownError):
+        return EXIT_UNREACHABLE
+    if isinstance(exc, RelayTimeoutError):
+        return EXIT_TIMEOUT
+    return EXIT_REMOTE_FAILED
+
+
+def _client(args: argparse.Namespace) -> RelayClient:
+    from .client import RelayClient
+    from .config import RelayConfig
+
+    return RelayClient(config=RelayConfig.from_env(), op_namer=cli_op_name)
+
+
+def _report_error(exc: RelayError, as_json: bool) -> int:
+    import json
+
+    from .render import render_error
+
+    if as_json:
+        print(json.dumps(exc.to_dict(cli_op_name), ensure_ascii=False))
+    else:
+        print(render_error(exc, cli_op_name, _style(sys.stderr)), file=sys.stderr)
+        preview = getattr(exc, "preview", None)
+        if preview is not None:
+            from .render import render_preview
+
+            print(render_preview(preview, _style(sys.stdout)))
+    return exit_code_for(exc)
+
+
+def _run_op(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .errors import RelayError
+    from .render import render_result
+
+    try:
+        client = _client(args)
+        if args.verb == "status":
+            result: Any = asyncio.run(
+                client.check_connection(args.host, args.repo, timeout=args.timeout)
+            )
+        else:
+            op = OP_VERBS[args.verb][0]
+            op_args: dict[str, Any] = {}
+            for name in ("remote", "branch", "runs"):
+                value = getattr(args, name, None)
+                if value is not None:
+                    op_args[name] = value
+            result = asyncio.run(
+                client.request(
+                    op,
+                    op_args,
+                    ssh_host=args.host,
+                    remote_repo=args.repo,
+                    approve=bool(getattr(args, "approve", False)),
+                    timeout=args.timeout,
+                )
+            )
+    except RelayError as exc:
+        return _report_error(exc, args.json)
+    if args.json:
+        print(result.model_dump_json(indent=2))
+    else:
+        print(render_result(result, _style(sys.stdout)))
+    if args.verb == "status":
+        if not result.reachable:
+            return EXIT_UNREACHABLE
+        return EXIT_REMOTE_FAILED if result.problem else EXIT_OK
+    return EXIT_OK
+
+
+def _init(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .errors import RelayError
+    from .init_command import (
+        InitError,
+        next_steps,
+        ssh_config_block,
+        ssh_settings,
+        update_mcp_config,
+    )
+    from .remote import validate_host, validate_repo
+
+    try:
+        host, repo = validate_host(args.host), validate_repo(args.repo)
+        settings = ssh_settings(host, os.environ.get("AEXP_RELAY_SSH_BIN", "ssh"),
+                                os.environ.get("AEXP_RELAY_SSH_CONFIG"))  # fmt: skip
+        outcome = update_mcp_config(Path(args.mcp_config), host, repo, args.force)
+    except RelayError as exc:
+        return _report_error(exc, False)
+    except InitError as exc:
+        print(f"aexp-relay-mcp init: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not outcome.changed:
+        print(f"{outcome.path}: mcpServers.aexp already has these values; nothing changed.")
+    elif outcome.created:
+        print(f"{outcome.path}: created with mcpServers.aexp.")
+    else:
+        print(f"{outcome.path}: updated mcpServers.aexp (previous file kept as {outcome.backup}).")
+    print("\nAdd this to ~/.ssh/config (if the host has no block yet):\n")
+    print(ssh_config_block(host, settings))
+    print(next_steps(host, repo, outcome))
+    if args.check:
+        import asyncio
+
+        from .client import RelayClient
+        from .config import RelayConfig
+        from .render import render_status
+
+        client = RelayClient(host, repo, config=RelayConfig.from_env(), op_namer=cli_op_name)
+        status = asyncio.run(client.check_connection())
+        print("\n" + render_status(status, _style(sys.stdout)))
+        return EXIT_OK if status.reachable and not status.problem else (
+            EXIT_UNREACHABLE if not status.reachable else EXIT_REMOTE_FAILED
+        )  # fmt: skip
+    return EXIT_OK
+
+
+def _connect(verb: str, host_arg: str | None) -> int:
+    from .connect_command import connect, disconnect
+
+    return connect(host_arg) if verb == "connect" else disconnect(host_arg)

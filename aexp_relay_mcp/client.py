@@ -51,6 +51,7 @@ from .parsing import (
     classify_ssh_failure,
     clean_text,
     guard_failure,
+    human_size,
     tail,
 )
 from .remote import (
@@ -326,13 +327,13 @@ class RelayClient:
                 output_tail="Nothing to sync: every offline run under wandb/ is already synced.",
             )
         if not approve:
-            size_mb = preview.total_bytes / 1e6
             raise ConsentRequiredError(
-                f"Uploading {len(names)} offline run(s), {size_mb:.1f} MB, to Weights & Biases "
-                "needs the user's approval. Nothing was uploaded.",
+                f"Uploading {len(names)} offline run(s), {human_size(preview.total_bytes)}, to "
+                "Weights & Biases needs the user's approval. Nothing was uploaded.",
                 preview=preview,
-                hint="Show the user the runs, sizes and command in preview. Only if they agree, "
-                "call {op:wandb_sync} again with approve=true and the same runs.",
+                hint="Show the user the runs, sizes and command in the preview. Only if they "
+                "agree, run {op:wandb_sync} again with approval (approve=true, or --approve "
+                "on the command line) for the same runs.",
             )
         if not preview.wandb_available:
             failure = guard_failure("wandb_missing")

@@ -34,6 +34,7 @@ from .config import RelayConfig
 from .runner import kill_group
 
 MASTER_RETRY_S = 60.0
+MAX_SOCKET_PATH = 104 - 17  # ssh binds "<path>.<16 random chars>" first
 MASTER_START_GRACE_S = 5.0
 MUX_FAILURE_MARKERS = (
     "Control socket connect",
@@ -89,9 +90,11 @@ class ConnectionManager:
         if os.path.exists(path):
             return options, True
         if self.clock() < self._failed_until.get(host, 0.0):
-            return options, False
-        await self.ensure_master(host)
-        return options, os.path.exists(path)
+            return [], False
+        if await self.ensure_master(host):
+            return options, True
+        # No master: connect directly, without a ControlPath that could only get in the way.
+        return [], False
 
     def live_options(self, host: str) -> list[str]:
         """Without waiting: the ControlPath option when a master for host is already up."""
@@ -121,7 +124,8 @@ class ConnectionManager:
             return user_path
         ours = await self._ssh_g(host, ["-o", f"ControlPath={self.config.control_dir}/%C"])
         path = ours.get("controlpath")
-        if not path or path == "none":
+        if not path or path == "none" or len(path.encode()) > MAX_SOCKET_PATH:
+            # Unix socket paths are limited (~104 bytes with ssh's temporary suffix).
             return None
         Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(Path(path).parent, 0o700)

@@ -30,6 +30,17 @@ def clean_text(text: str, *, keep_newlines: bool = False) -> str:
     return "".join(out)
 
 
+def human_size(n: int) -> str:
+    if n < 1000:
+        return f"{n} B"
+    value = n / 1000
+    for unit in ("KB", "MB"):
+        if value < 1000:
+            return f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} GB"
+
+
 def redact(text: str) -> str:
     """Drop credentials embedded in URLs (https://user:token@host)."""
     return _CREDENTIALS_IN_URL.sub(r"\1***@", text)

@@ -38,6 +38,7 @@ from .client import RelayClient
 from .config import RelayConfig
 from .errors import RelayError, RelayValidationError
 from .ops import OPS, OpSpec
+from .parsing import human_size
 from .results import ConnectionStatus, WandbPreview
 
 SERVER_NAME = "aexp"
@@ -258,10 +259,10 @@ class ConsentState:
 
 def describe_preview(preview: WandbPreview, host: str, repo: str) -> str:
     lines = [
-        f"Upload {len(preview.runs)} offline wandb run(s), {preview.total_bytes / 1e6:.2f} MB, "
+        f"Upload {len(preview.runs)} offline wandb run(s), {human_size(preview.total_bytes)}, "
         f"from {host}:{repo} to Weights & Biases?"
     ]
-    lines += [f"  - {r.name} ({r.size_bytes / 1e6:.2f} MB)" for r in preview.runs]
+    lines += [f"  - {r.name} ({human_size(r.size_bytes)})" for r in preview.runs]
     lines.append(f"Command: {preview.command}")
     return "\n".join(lines)
 
