@@ -45,6 +45,12 @@ async def test_twenty_parallel_calls_stay_under_max_sessions(
     The default limit (8) keeps every call on the master; 20 shows the failure it prevents."""
     client = RelayClient(config=sandbox.config(max_sessions=limit))
     await client.request("repo_status")
+    # Make each status hold its session for a second (a slow fsmonitor hook), so 20 calls
+    # really are open at once.
+    hook = sandbox.bin_dir / "slow-fsmonitor"
+    sandbox.write(hook, "#!/bin/sh\nsleep 1\nexit 1\n")
+    hook.chmod(0o755)
+    sandbox.git(sandbox.cluster, "config", "core.fsmonitor", str(hook))
     before = sandbox.logins()
     await asyncio.gather(*(client.request("repo_status") for _ in range(20)))
     assert (sandbox.logins() > before) is fresh_logins
