@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import shlex
 import statistics
 import subprocess
@@ -259,10 +258,9 @@ def main(argv: list[str] | None = None) -> int:
                 "medians_ms": med,
                 "measures": ratios,
                 "login_user": user,
-                "peak_rss_kb_self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             },
             indent=2,
-        )  # fmt: skip
+        )
     )
     print(f"\nJSON: {args.json}")
     return 0
