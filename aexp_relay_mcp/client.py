@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 import anyio
 
 from .audit import AuditLog
-from .config import REMOTE_TIMEOUT_GRACE, RelayConfig
+from .config import REMOTE_TIMEOUT_GRACE, RelayConfig, normalize_repo
 from .connection import ConnectionManager
 from .errors import (
     ConsentRequiredError,
@@ -50,6 +50,7 @@ from .parsing import (
     classify_git_failure,
     classify_ssh_failure,
     clean_text,
+    git_version_ok,
     guard_failure,
     human_size,
     tail,
@@ -140,7 +141,7 @@ class RelayClient:
         audit.update(repo=repo, approved=approve)
         try:
             spec, parsed = validate_request(op, args)
-            host, repo = validate_host(host), validate_repo(repo)
+            host, repo = self._target(host, repo)
             if not isinstance(approve, bool):
                 raise RelayValidationError(
                     "approve must be true or false.",
@@ -193,9 +194,13 @@ class RelayClient:
         for an unreachable host (that is a normal answer, with a hint)."""
         rid = new_request_id()
         started = self.clock()
-        host = validate_host(ssh_host or self.config.ssh_host)
-        repo_in = remote_repo or self.config.remote_repo
-        repo = validate_repo(repo_in) if repo_in else None
+        try:
+            host, repo = self._target(ssh_host, remote_repo, repo_required=False)
+        except RelayValidationError as exc:
+            exc.request_id = rid
+            audit_rejected = {"request_id": rid, "op": "check_connection", "host": ssh_host}
+            self._audit(audit_rejected, started, "rejected", exc.kind, None)
+            raise
         ctx = BuildContext(repo=repo or "", wandb_words=wandb_words(self.config.wandb))
         limit = timeout or min(self.config.timeout or CHECK_TIMEOUT_S, CHECK_TIMEOUT_S)
         base: dict[str, Any] = {
@@ -242,6 +247,28 @@ class RelayClient:
 
     # ------------------------------------------------------------------ internals
 
+    def _target(
+        self, ssh_host: str | None, remote_repo: str | None, *, repo_required: bool = True
+    ) -> tuple[str, str]:
+        """Validate host and repo, and confine them to the allowlists when those are set."""
+        host = validate_host(ssh_host or self.config.ssh_host)
+        repo_in = remote_repo or self.config.remote_repo
+        repo = validate_repo(repo_in) if (repo_in or repo_required) else ""
+        allowed_hosts, allowed_repos = self.config.allowed_hosts, self.config.allowed_repos
+        if allowed_hosts and host not in allowed_hosts:
+            raise RelayValidationError(
+                f"ssh host {host!r} is not in AEXP_RELAY_ALLOWED_HOSTS.",
+                hint=f"Allowed hosts: {', '.join(allowed_hosts)}. "
+                "Omit ssh_host to use the default.",
+            )
+        if allowed_repos and repo and normalize_repo(repo) not in allowed_repos:
+            raise RelayValidationError(
+                f"remote repo {repo!r} is not in AEXP_RELAY_ALLOWED_REPOS.",
+                hint=f"Allowed repos: {', '.join(allowed_repos)}. "
+                "Omit remote_repo to use the default.",
+            )
+        return host, repo
+
     def _timeout(self, spec: OpSpec, timeout: float | None) -> float:
         limit = timeout if timeout is not None else (self.config.timeout or spec.default_timeout)
         if isinstance(limit, bool) or not isinstance(limit, (int, float)):
@@ -265,10 +292,9 @@ class RelayClient:
     ) -> WandbPreview:
         """What ``wandb_sync`` would upload: runs, sizes and the exact command. Uploads nothing."""
         _, parsed = validate_request("wandb_sync", {"runs": runs} if runs is not None else None)
-        host = validate_host(ssh_host or self.config.ssh_host)
-        repo = validate_repo(remote_repo or self.config.remote_repo)
+        host, repo = self._target(ssh_host, remote_repo)
+        assert repo is not None and isinstance(parsed, WandbSyncArgs)
         ctx = BuildContext(repo=repo, wandb_words=wandb_words(self.config.wandb))
-        assert isinstance(parsed, WandbSyncArgs)
         return await self._wandb_preview(parsed, ctx, host, CHECK_TIMEOUT_S)
 
     async def _wandb_preview(
@@ -516,6 +542,8 @@ class RelayClient:
         if git is not None and git.exit_code == 0:
             match = re.search(r"git version (\S+)", git.stdout)
             status["git_version"] = match.group(1) if match else git.stdout.strip()
+            if not git_version_ok(status["git_version"]):
+                problem = guard_failure("git_too_old")
         elif git is not None:
             problem = guard_failure("git_missing")
         wandb = out.section("wandb")

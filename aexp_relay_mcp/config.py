@@ -55,6 +55,13 @@ ENV_VARS: dict[str, str] = {
     "AEXP_RELAY_MAX_SESSIONS": (
         "concurrent ssh sessions per host (default 8; keep it below sshd's MaxSessions, 10)"
     ),
+    "AEXP_RELAY_ALLOWED_HOSTS": (
+        "comma-separated ssh hosts the agent may target; when set, any other ssh_host is refused"
+    ),
+    "AEXP_RELAY_ALLOWED_REPOS": (
+        "comma-separated repo paths the agent may target; when set, any other remote_repo is "
+        "refused (compared as written, trailing / ignored)"
+    ),
     "AEXP_RELAY_LOG_LEVEL": "server log level on stderr: DEBUG, INFO, WARNING (default), ERROR",
     "AEXP_RELAY_CONSENT": (
         "who approves consent ops in the MCP server: agent (default: approve=true from the "
@@ -86,6 +93,8 @@ class RelayConfig:
     control_persist: str = DEFAULT_CONTROL_PERSIST
     control_dir: str = DEFAULT_CONTROL_DIR
     max_sessions: int = DEFAULT_MAX_SESSIONS
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_repos: tuple[str, ...] = ()
     log_level: str = "WARNING"
 
     @classmethod
@@ -108,6 +117,10 @@ class RelayConfig:
             "wandb": text("AEXP_RELAY_WANDB") or DEFAULT_WANDB,
             "output_cap": int(_number(env, "AEXP_RELAY_OUTPUT_CAP", DEFAULT_OUTPUT_CAP) or 0),
             "consent": _choice(env, "AEXP_RELAY_CONSENT", CONSENT_MODES),
+            "allowed_hosts": _list(text("AEXP_RELAY_ALLOWED_HOSTS")),
+            "allowed_repos": tuple(
+                normalize_repo(r) for r in _list(text("AEXP_RELAY_ALLOWED_REPOS"))
+            ),
             "control_persist": _control_persist(text("AEXP_RELAY_CONTROL_PERSIST")),
             "max_sessions": int(_number(env, "AEXP_RELAY_MAX_SESSIONS", DEFAULT_MAX_SESSIONS) or 1),
             "log_level": _choice(env, "AEXP_RELAY_LOG_LEVEL", LOG_LEVELS).upper(),
@@ -125,6 +138,14 @@ class RelayConfig:
 
     def replace(self, **changes: object) -> RelayConfig:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def normalize_repo(path: str) -> str:
+    return path.rstrip("/") or "/"
+
+
+def _list(raw: str | None) -> tuple[str, ...]:
+    return tuple(item.strip() for item in (raw or "").split(",") if item.strip())
 
 
 def _control_persist(raw: str | None) -> str:

@@ -379,6 +379,12 @@ GIT_FAILURES: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
         "network access.",
     ),
     (
+        "git_too_old",
+        ("unknown option", "unknown switch", "usage: git "),
+        "git on the login node does not know an option this relay uses; it is too old.",
+        "Load git 2.20 or newer on the login node (e.g. `module load git`).",
+    ),
+    (
         "git_missing",
         ("git: command not found", "git: not found"),
         "git is not on PATH for non-interactive ssh sessions on the login node.",
@@ -428,6 +434,14 @@ GUARD_FAILURES: dict[str, tuple[str, str]] = {
         "Load a newer git on the login node (e.g. `module load git`).",
     ),
 }
+
+
+MIN_GIT = (2, 20)
+
+
+def git_version_ok(version: str) -> bool:
+    numbers = re.findall(r"\d+", version)[:2]
+    return len(numbers) == 2 and (int(numbers[0]), int(numbers[1])) >= MIN_GIT
 
 
 def classify_git_failure(stderr: str, exit_code: int) -> Failure:
