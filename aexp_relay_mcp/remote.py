@@ -39,7 +39,10 @@ MAX_REPO_LEN = 4096
 
 # An ssh destination: alias, host, user@host, [v6]:port-less forms. No option
 # look-alikes, no whitespace, no shell characters.
-_HOST_RE = re.compile(r"^[A-Za-z0-9_.@%:+\[\]-]+$")
+_HOST_RE = re.compile(
+    r"[A-Za-z0-9_.@%][A-Za-z0-9_.@%-]*"  # alias, host, user@host
+    r"|([A-Za-z0-9_.-]+@)?[0-9A-Fa-f:]*:[0-9A-Fa-f:]*"  # an IPv6 literal, e.g. ::1
+)
 _STEP_NAME_RE = re.compile(r"^[a-z_]+$")
 
 
@@ -93,11 +96,11 @@ def validate_host(host: str | None) -> str:
             f"ssh host {host!r} starts with '-', so ssh would read it as an option.",
             hint="Pass a host name or an alias from ~/.ssh/config; options belong in that file.",
         )
-    if not _HOST_RE.match(host):
+    if not _HOST_RE.fullmatch(host):
         raise RelayValidationError(
             f"ssh host {host!r} contains characters that are not allowed "
             "(whitespace, control or shell characters).",
-            hint="Use letters, digits and . _ - @ : % + [ ] only, "
+            hint="Use letters, digits and . _ - @ % only (or an IPv6 address), "
             "e.g. an alias or user@login.hpc.example.",
         )
     return host

@@ -147,6 +147,11 @@ def test_verbose_ssh_writes_debug_to_a_file_never_to_stderr() -> None:
         "",
         "h" * 300,
         "hóst",
+        "+main",
+        "main:other",
+        "[::1]",
+        "h/x",
+        "ssh://h",
     ],
 )
 def test_hosts_that_ssh_or_a_shell_could_misread_are_refused(host: str) -> None:
@@ -155,7 +160,9 @@ def test_hosts_that_ssh_or_a_shell_could_misread_are_refused(host: str) -> None:
     assert err.value.hint
 
 
-@pytest.mark.parametrize("host", ["login1", "me@login.hpc.example.org", "alias_2", "[::1]"])
+@pytest.mark.parametrize(
+    "host", ["login1", "me@login.hpc.example.org", "alias_2", "::1", "me@fe80::1"]
+)
 def test_ordinary_hosts_are_accepted(host: str) -> None:
     assert validate_host(host) == host
 
