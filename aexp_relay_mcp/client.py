@@ -458,6 +458,11 @@ class RelayClient:
             self._inflight.pop(nonce, None)
         self.connections.note_result(host, proc.stderr)
         out = parse_script_output(proc.stdout, proc.stderr, nonce)
+        if out.exit_code is None and pid_watch.pid is not None:
+            # The command started but never reported back (the connection dropped):
+            # end it on the login node through a new connection.
+            with anyio.CancelScope(shield=True):
+                await self._kill_remote(host, pid_watch.pid)
         if check:
             self._raise_for(out, proc, spec, verbose_log)
         elif out.exit_code is None:

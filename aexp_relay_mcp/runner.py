@@ -104,7 +104,8 @@ class CappedBuffer:
         return bytes(self.head) + bytes(self.tail)
 
     def text(self) -> str:
-        return self.value().decode("utf-8", errors="replace")
+        # Invalid UTF-8 stays visible as \xNN escapes instead of turning into U+FFFD.
+        return self.value().decode("utf-8", errors="backslashreplace")
 
 
 class Runner(Protocol):

@@ -144,6 +144,7 @@ class Sandbox:
         self.ssh_bin = "ssh"
         self.user = _current_user() if standin else _login_user()
         self.port = 0
+        self.remote_path = f"{self.bin_dir}:/usr/local/bin:/usr/bin:/bin"
         self._sshd: subprocess.Popen[bytes] | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -253,6 +254,46 @@ class Sandbox:
             except subprocess.TimeoutExpired:
                 continue
 
+    def set_remote_path(self, *dirs: str) -> None:
+        """Restart sshd with another PATH for remote commands (e.g. one without git)."""
+        self.remote_path = ":".join(dirs)
+        self.stop_masters()
+        self.stop_sshd()
+        self.start_sshd()
+
+    def kill_sessions(self) -> int:
+        """Kill this sshd's per-connection processes (not the listener): connections drop."""
+        assert self._sshd is not None
+        parents: dict[int, int] = {}
+        names: dict[int, str] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            pid = int(entry.name)
+            names[pid] = stat.split("(", 1)[1].rsplit(")", 1)[0]
+            parents[pid] = int(stat.rsplit(")", 1)[1].split()[1])
+
+        listener = self._sshd.pid
+
+        def under_listener(pid: int) -> bool:
+            while pid > 1:
+                pid = parents.get(pid, 0)
+                if pid == listener:
+                    return True
+            return False
+
+        killed = 0
+        for pid, name in names.items():
+            if name == "sshd" and pid != listener and under_listener(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                    killed += 1
+        return killed
+
     def pause_sshd(self) -> None:
         """SIGSTOP the server: connections hang, for timeout tests."""
         assert self._sshd is not None
@@ -315,7 +356,7 @@ UseDNS no
 X11Forwarding no
 MaxStartups 200
 MaxSessions {self.max_sessions}
-SetEnv PATH={self.bin_dir}:/usr/local/bin:/usr/bin:/bin
+SetEnv PATH={self.remote_path}
 LogLevel INFO
 """
         )
