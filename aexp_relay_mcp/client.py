@@ -429,11 +429,7 @@ class RelayClient:
                     on_stderr=on_stderr,
                 )
         except FileNotFoundError:
-            raise RelayDownError(
-                f"The ssh program {self.config.ssh_bin!r} was not found on this machine.",
-                kind="ssh_missing",
-                hint="Install the OpenSSH client, or set AEXP_RELAY_SSH_BIN to its path.",
-            ) from None
+            raise self._ssh_missing() from None
         except ProcessTimeout as exc:
             await self._kill_remote(host, pid_watch.pid)
             partial = parse_script_output(exc.result.stdout, exc.result.stderr, nonce)
@@ -483,11 +479,14 @@ class RelayClient:
                 details={"timeout_s": limit},
             ) from None
         except FileNotFoundError:
-            raise RelayDownError(
-                f"The ssh program {self.config.ssh_bin!r} was not found on this machine.",
-                kind="ssh_missing",
-                hint="Install the OpenSSH client, or set AEXP_RELAY_SSH_BIN to its path.",
-            ) from None
+            raise self._ssh_missing() from None
+
+    def _ssh_missing(self) -> RelayDownError:
+        return RelayDownError(
+            f"The ssh program {self.config.ssh_bin!r} was not found on this machine.",
+            kind="ssh_missing",
+            hint="Install the OpenSSH client, or set AEXP_RELAY_SSH_BIN to its path.",
+        )
 
     def _raise_transport(
         self, out: ScriptOutput, proc: ProcessResult, verbose_log: Path | None

@@ -307,3 +307,29 @@ def test_connect_opens_a_shared_connection_that_calls_reuse_and_disconnect_close
     assert "Closed" in capsys.readouterr().out
     assert wait_until(lambda: sandbox.processes(masters=True) == [], 3)
     assert main(["disconnect"]) == 0
+
+
+def test_colour_only_on_a_tty_and_never_with_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aexp_relay_mcp.cli import _style
+
+    class Stream:
+        def __init__(self, tty: bool) -> None:
+            self.tty = tty
+
+        def isatty(self) -> bool:
+            return self.tty
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert _style(Stream(True)).bad("x") == "\033[31mx\033[0m"
+    assert _style(Stream(False)).bad("x") == "x"
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert _style(Stream(True)).bad("x") == "x"
+
+
+def test_ssh_missing_on_this_machine_is_a_clear_unreachable_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("AEXP_RELAY_SSH_BIN", "/nonexistent/ssh")
+    monkeypatch.setenv("AEXP_RELAY_AUDIT_LOG", "/dev/null")
+    code = main(["repo-status", "--host", "h", "--repo", "/r"])
+    assert code == 3 and "ssh_missing" in capsys.readouterr().err
