@@ -129,8 +129,8 @@ _EXTRA_DESCRIPTION: dict[str, str] = {
     "repo_status": "Use it first, and after every other tool to see where things stand.",
     "fetch": "Safe to repeat; changes only remote-tracking refs, never your branch.",
     "pull": "On kind 'diverged' call airgapped_rebase instead.",
-    "rebase": "Rewrites local, unpushed commits on top of upstream. On conflict it aborts in "
-    "the same call and returns kind 'conflict' with the files; the repo is left as it was.",
+    "rebase": "It rewrites local, unpushed commits; a conflict returns kind 'conflict' with "
+    "conflicted_files. After a success, call airgapped_push.",
     "push": "On kind 'non_fast_forward' call airgapped_rebase, then airgapped_push again.",
     "wandb_sync": "Call without approve first to get the preview (kind 'consent_required'); "
     "pass approve=true only after the user agreed.",
