@@ -17,7 +17,6 @@ _EXPORTS = {
     "OPS": ".ops",
     "validate_request": ".ops",
     "ConsentRequiredError": ".errors",
-    "RelayCancelledError": ".errors",
     "RelayDownError": ".errors",
     "RelayError": ".errors",
     "RelayTimeoutError": ".errors",
@@ -30,7 +29,6 @@ if TYPE_CHECKING:
     from .config import RelayConfig
     from .errors import (
         ConsentRequiredError,
-        RelayCancelledError,
         RelayDownError,
         RelayError,
         RelayTimeoutError,
@@ -50,7 +48,6 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "OPS",
     "ConsentRequiredError",
-    "RelayCancelledError",
     "RelayClient",
     "RelayConfig",
     "RelayDownError",

@@ -130,12 +130,6 @@ class RelayTimeoutError(RelayError, TimeoutError):
     default_kind = "timeout"
 
 
-class RelayCancelledError(RelayError):
-    """The caller cancelled the call; used for audit and adapters, never raised to asyncio."""
-
-    default_kind = "cancelled"
-
-
 class RemoteCommandError(RelayError):
     """The command ran on the login node and failed."""
 
@@ -144,7 +138,6 @@ class RemoteCommandError(RelayError):
 
 __all__ = [
     "ConsentRequiredError",
-    "RelayCancelledError",
     "RelayDownError",
     "RelayError",
     "RelayTimeoutError",
