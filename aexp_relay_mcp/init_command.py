@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -184,15 +185,17 @@ def ssh_config_block(host: str, settings: dict[str, str]) -> str:
 
 
 def next_steps(host: str, repo: str, outcome: InitOutcome) -> str:
+    # Quoted for a local shell: a ~/ path must reach the login node unexpanded.
     alias = host.split("@", 1)[-1]
     command, args = outcome.entry["command"], outcome.entry.get("args", [])
-    env = " ".join(f"--env {k}={v}" for k, v in outcome.entry["env"].items())
+    env = " ".join(f"--env {shlex.quote(f'{k}={v}')}" for k, v in outcome.entry["env"].items())
+    q_host, q_repo = shlex.quote(host), shlex.quote(repo)
     return f"""Next steps:
   1. Keys: load your key into ssh-agent (`ssh-add`), so no prompt is needed; do not remove
      the key's passphrase. Check with: ssh {alias} true
-  2. MFA / Duo clusters: run `aexp-relay-mcp connect {host}` once in a terminal; the relay
-     reuses that login until it has been idle for 10 minutes.
+  2. MFA / Duo clusters: run `aexp-relay-mcp connect {q_host}` once in a terminal; the
+     relay reuses that login until it has been idle for 10 minutes.
   3. Restart your MCP client, or reconnect it (`/mcp` in Claude Code), to load the server.
   4. Instead of the file, Claude Code can register it directly:
-       claude mcp add {SERVER_KEY} {env} -- {command} {" ".join(args)}
-  5. Check end to end: aexp-relay-mcp status --host {host} --repo {repo}"""
+       claude mcp add {SERVER_KEY} {env} -- {shlex.join([command, *args])}
+  5. Check end to end: aexp-relay-mcp status --host {q_host} --repo {q_repo}"""

@@ -333,3 +333,18 @@ def test_ssh_missing_on_this_machine_is_a_clear_unreachable_error(
     monkeypatch.setenv("AEXP_RELAY_AUDIT_LOG", "/dev/null")
     code = main(["repo-status", "--host", "h", "--repo", "/r"])
     assert code == 3 and "ssh_missing" in capsys.readouterr().err
+
+
+def test_printed_commands_keep_a_remote_tilde_path_unexpanded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert init(tmp_path, repo="~/projects/exp") == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if "claude mcp add" in x)
+    env = {**os.environ, "HOME": "/local/home"}
+    echoed = subprocess.run(
+        ["bash", "-c", "printf '%s\\n' " + line.strip().removeprefix("claude mcp add ")],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert "AEXP_RELAY_REMOTE_REPO=~/projects/exp" in echoed.stdout.splitlines()
+    assert "/local/home" not in echoed.stdout
