@@ -81,7 +81,7 @@ def _has_control(text: str) -> bool:
 
 def validate_host(host: str | None) -> str:
     """Refuse anything that ssh could read as an option or a shell could read as syntax."""
-    if host is None or not host.strip():
+    if not host:
         raise RelayValidationError(
             "No ssh host given.",
             hint="Pass ssh_host (an ssh alias or user@host) or set AEXP_RELAY_SSH_HOST.",

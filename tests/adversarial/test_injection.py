@@ -167,21 +167,36 @@ def test_any_branch_or_remote_is_refused_unless_it_is_a_plain_name(
     assert canaries(sb) == []
 
 
+@pytest.fixture(scope="module")
+def confined(target: tuple[Sandbox, StdioServer]) -> Iterator[StdioServer]:
+    """A server allowed only the sandbox host: generated host names that are plain still
+    never make a connection (no traffic may leave this machine)."""
+    sb, _ = target
+    server = StdioServer(sb, {"AEXP_RELAY_ALLOWED_HOSTS": "aexp-sandbox"})
+    try:
+        yield server
+    finally:
+        server.close()
+
+
 @pytest.mark.sshd
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 @given(value=st.one_of(text, metachar_text))
 def test_any_ssh_host_that_is_not_a_plain_destination_is_refused(
-    target: tuple[Sandbox, StdioServer], value: str
+    target: tuple[Sandbox, StdioServer], confined: StdioServer, value: str
 ) -> None:
-    sb, server = target
-    answer = server.call("airgapped_status", {"ssh_host": value})
+    sb, _ = target
+    logins = sb.logins()
+    answer = confined.call("airgapped_status", {"ssh_host": value})
     plain = bool(HOST_RE.fullmatch(value)) and len(value) <= 255
-    if value == "":
+    if value in ("", "aexp-sandbox"):
         assert not answer["is_error"]  # empty means "the configured default"
     elif not plain:
         assert answer["is_error"] and answer["kind"] == "invalid_request", (value, answer)
-    else:
-        assert not answer["is_error"]  # status answers, reachable or not
+        assert "AEXP_RELAY_ALLOWED_HOSTS" not in answer["message"], answer
+    else:  # a well-formed name, refused by the allowlist before any connection
+        assert answer["is_error"] and "AEXP_RELAY_ALLOWED_HOSTS" in answer["message"], answer
+        assert sb.logins() == logins
     assert canaries(sb) == []
 
 
