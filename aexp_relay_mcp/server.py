@@ -384,13 +384,16 @@ def _make_tool(
         )
         annotations[name] = annotated
     if spec.op is not None and OPS[spec.op].consent:
-        consent_type = Annotated[
-            ElicitationResult[ApproveUpload], Resolve(_consent_resolver(client, config))
-        ]
-        params.append(
-            inspect.Parameter("consent", inspect.Parameter.KEYWORD_ONLY, annotation=consent_type)
-        )
-        annotations["consent"] = consent_type
+        preview_uploads, ask_consent = _consent_resolvers(client, config)
+        resolved = {
+            "uploads": Annotated[ConsentState, Resolve(preview_uploads)],
+            "consent": Annotated[ElicitationResult[ApproveUpload], Resolve(ask_consent)],
+        }
+        for name, annotation in resolved.items():
+            params.append(
+                inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation)
+            )
+            annotations[name] = annotation
     returns = Annotated[CallToolResult, spec.output_model]
     handler.__signature__ = inspect.Signature(params, return_annotation=returns)  # type: ignore[attr-defined]
     annotations["return"] = returns
@@ -408,14 +411,19 @@ def _make_tool(
     return tool
 
 
-def _consent_resolver(client: RelayClient, config: RelayConfig) -> Callable[..., Awaitable[Any]]:
-    async def ask_consent(
+def _consent_resolvers(
+    client: RelayClient, config: RelayConfig
+) -> tuple[Callable[..., Awaitable[Any]], Callable[..., Awaitable[Any]]]:
+    """Two resolvers: the preview the human will see, and the question itself. The tool
+    gets both, so it uploads exactly the runs that were shown."""
+
+    async def preview_uploads(
         ctx: Context,
         approve: bool,
         runs: list[str] | None,
         ssh_host: str | None,
         remote_repo: str | None,
-    ) -> Elicit[ApproveUpload] | ConsentState:
+    ) -> ConsentState:
         if config.consent != "elicit":
             return ConsentState("agent_mode")
         if approve is not True:
@@ -427,13 +435,22 @@ def _consent_resolver(client: RelayClient, config: RelayConfig) -> Callable[...,
             preview = await client.wandb_preview(runs, ssh_host=ssh_host, remote_repo=remote_repo)
         except RelayError as exc:
             return ConsentState("error", error=exc)
-        if not preview.runs:
-            return ConsentState("nothing_to_upload", preview=preview)
+        return ConsentState("ask" if preview.runs else "nothing_to_upload", preview=preview)
+
+    async def ask_consent(
+        state: Annotated[ConsentState, Resolve(preview_uploads)],
+        ssh_host: str | None,
+        remote_repo: str | None,
+    ) -> Elicit[ApproveUpload] | ConsentState:
+        if state.state != "ask" or state.preview is None:
+            return state
         host = ssh_host or config.ssh_host or ""
         repo = remote_repo or config.remote_repo or ""
-        return Elicit(describe_preview(preview, host, repo), ApproveUpload)
+        return Elicit(describe_preview(state.preview, host, repo), ApproveUpload)
 
-    return ask_consent
+    # The annotation names a local function, which string annotations cannot resolve.
+    ask_consent.__annotations__["state"] = Annotated[ConsentState, Resolve(preview_uploads)]
+    return preview_uploads, ask_consent
 
 
 async def _call(
@@ -445,12 +462,14 @@ async def _call(
     if spec.op is None:
         status = await client.check_connection(host, repo, timeout=timeout)
         return ok_result(status)
-    op = OPS[spec.op]
     approve = False
-    if op.consent:
-        approve = bool(kwargs.pop("approve", False))
-        consent = kwargs.pop("consent", None)
-        approve, pinned_runs = _apply_consent(config, approve, consent)
+    if OPS[spec.op].consent:
+        approve, pinned_runs = _apply_consent(
+            config,
+            bool(kwargs.pop("approve", False)),
+            kwargs.pop("consent", None),
+            kwargs.pop("uploads", None),
+        )
         if pinned_runs is not None:
             kwargs["runs"] = pinned_runs
     args = {k: v for k, v in kwargs.items() if v is not None}
@@ -471,9 +490,10 @@ async def _call(
 
 
 def _apply_consent(
-    config: RelayConfig, approve: bool, consent: Any
+    config: RelayConfig, approve: bool, consent: Any, uploads: Any
 ) -> tuple[bool, list[str] | None]:
-    """Decide whether the upload is approved; in elicit mode only the human can say yes."""
+    """Decide whether the upload is approved, and which runs: in elicit mode only the human
+    can say yes, and only to the runs the question showed."""
     if config.consent != "elicit":
         return approve, None
     data = getattr(consent, "data", None)
@@ -490,8 +510,9 @@ def _apply_consent(
         if data.state == "error" and data.error is not None:
             raise data.error
         return False, None  # not requested: the op returns the preview
-    if isinstance(data, ApproveUpload) and action == "accept" and data.approve:
-        return True, None
+    shown = uploads.preview if isinstance(uploads, ConsentState) else None
+    if isinstance(data, ApproveUpload) and action == "accept" and data.approve and shown:
+        return True, [run.name for run in shown.runs]
     raise RelayValidationError(
         "The user did not approve the upload. Nothing was uploaded.",
         kind="consent_declined",

@@ -349,3 +349,21 @@ def test_the_mcp_inspector_cli_lists_and_calls_tools(sandbox: Sandbox) -> None:
     result = json.loads(called.stdout)
     assert not result.get("isError"), result
     assert result["structuredContent"]["branch"] == "main"
+
+
+async def test_elicit_mode_uploads_exactly_the_runs_the_human_saw(sandbox: Sandbox) -> None:
+    late = sandbox.cluster / "wandb" / "offline-run-20260101_130000-late"
+
+    async def accept_then_a_run_appears(context: Any, params: ElicitRequestParams) -> ElicitResult:
+        assert "late" not in params.message
+        late.mkdir()
+        (late / "run-late.wandb").write_text("x" * 100)
+        return ElicitResult(action="accept", content={"approve": True})
+
+    env = {"AEXP_RELAY_CONSENT": "elicit"}
+    async with mcp_session(sandbox, env, elicitation_callback=accept_then_a_run_appears) as s:
+        result = data(await s.call_tool("airgapped_wandb_sync", {"approve": True}))
+    assert sorted(result["synced"]) == [
+        "offline-run-20260101_120000-run0", "offline-run-20260101_120001-run1"
+    ]  # fmt: skip
+    assert "late" not in sandbox.wandb_log.read_text()
