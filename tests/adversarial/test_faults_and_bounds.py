@@ -49,6 +49,21 @@ async def test_git_missing_on_the_login_node_is_reported_with_a_hint(sandbox: Sa
     assert status["reachable"] and status["problem"] == "git_missing"
 
 
+async def test_a_login_node_without_coreutils_timeout_still_works(sandbox: Sandbox) -> None:
+    """macOS and minimal images lack `timeout`: ops still run, bounded by the local timeout."""
+    tools = sandbox.root / "notimeout"
+    tools.mkdir()
+    for prog in ("sh", "git", "du", "cut", "sleep", "kill"):
+        found = Path("/usr/bin", prog) if Path("/usr/bin", prog).exists() else Path("/bin", prog)
+        if found.exists():
+            (tools / prog).symlink_to(found)
+    sandbox.set_remote_path(str(tools), "/usr/lib/git-core")
+    async with mcp_session(sandbox) as s:
+        status = data(await s.call_tool("airgapped_repo_status", {}))
+        pushed = data(await s.call_tool("airgapped_push", {}))
+    assert status["branch"] == "main" and pushed["up_to_date"] is True
+
+
 async def test_a_git_too_old_for_our_options_is_reported(sandbox: Sandbox) -> None:
     fake = sandbox.bin_dir / "git"
     sandbox.write(
