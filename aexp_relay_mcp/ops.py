@@ -212,7 +212,18 @@ def _stdout(out: ScriptOutput, name: str) -> str:
 
 
 def _build_repo_status(args: NoArgs, ctx: BuildContext) -> Script:
-    return _seq(GIT_PRESENT, f"{step('status', *STATUS)} && {{ {step('head', *HEAD_LINE)} || :; }}")
+    # The two git processes run side by side (status in the background, the HEAD subject in
+    # a command substitution): on a multi-core login node that halves the op's remote time.
+    # Sections stay in order because the status marker is printed after `wait`.
+    return _seq(
+        GIT_PRESENT,
+        f"{render_words(STATUS)} </dev/null & _sp=$!",
+        f"_h=$({render_words(HEAD_LINE)} </dev/null 2>/dev/null); _hr=$?",
+        "wait $_sp; _sr=$?",
+        "m status $_sr",
+        'if [ $_sr -eq 0 ]; then printf "%s" "$_h"; m head $_hr; fi',
+        "(exit $_sr)",
+    )
 
 
 def _parse_repo_status(out: ScriptOutput, args: NoArgs) -> dict[str, Any]:

@@ -485,8 +485,17 @@ async def _call(
             on_progress=on_progress,
         )
 
-    result = await _with_progress(ctx, spec.op, work)
-    return ok_result(result)
+    if _wants_progress(ctx):
+        return ok_result(await _with_progress(ctx, spec.op, work))
+    return ok_result(await work(lambda percent, message: None))
+
+
+def _wants_progress(ctx: Context) -> bool:
+    """Whether the client sent a progress token (no ticker task otherwise)."""
+    meta = getattr(ctx.request_context, "meta", None)
+    if not isinstance(meta, dict):
+        return False
+    return meta.get("progress_token", meta.get("progressToken")) is not None
 
 
 def _apply_consent(
