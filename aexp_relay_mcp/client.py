@@ -152,7 +152,7 @@ class RelayClient:
             lock = self._repo_locks.setdefault((host, repo), asyncio.Lock())
             if spec.consent:
                 result: OpResult = await self._wandb_sync(
-                    spec, parsed, ctx, host, approve, limit, rid, started, lock, on_progress
+                    spec, parsed, ctx, host, approve, limit, rid, started, lock, on_progress, audit
                 )
             else:
                 async with _maybe(lock, spec.mutating):
@@ -334,6 +334,7 @@ class RelayClient:
         started: float,
         lock: asyncio.Lock,
         on_progress: ProgressFn | None,
+        trace: dict[str, Any],
     ) -> OpResult:
         assert isinstance(args, WandbSyncArgs)
         preview = await self._wandb_preview(args, ctx, host, limit)
@@ -367,7 +368,13 @@ class RelayClient:
         pinned = args.model_copy(update={"runs": names})
         async with lock:
             out = await self._execute(
-                spec.build(pinned, ctx), host, ctx.repo, limit, spec=spec, on_progress=on_progress
+                spec.build(pinned, ctx),
+                host,
+                ctx.repo,
+                limit,
+                spec=spec,
+                on_progress=on_progress,
+                trace=trace,
             )
         return WandbSyncResult(
             **common,
