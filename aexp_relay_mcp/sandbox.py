@@ -115,6 +115,46 @@ def _login_user() -> LoginUser:
     return LoginUser(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir)
 
 
+@dataclass(frozen=True)
+class ProcInfo:
+    """One live process as /proc shows it."""
+
+    pid: int
+    ppid: int
+    name: str
+    state: str  # "Z" for a zombie
+    argv: tuple[bytes, ...]
+
+    @property
+    def cmdline(self) -> str:
+        return b" ".join(self.argv).decode(errors="replace")
+
+
+def process_table() -> list[ProcInfo]:
+    """Every process visible in /proc; the one place the sandbox and tests read it."""
+    table = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        name, rest = stat.split("(", 1)[1].rsplit(")", 1)
+        fields = rest.split()
+        table.append(
+            ProcInfo(
+                pid=int(entry.name),
+                ppid=int(fields[1]),
+                name=name,
+                state=fields[0],
+                argv=tuple(a for a in argv.split(b"\0") if a),
+            )
+        )
+    return table
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -194,21 +234,16 @@ class Sandbox:
 
     def processes(self, *, masters: bool) -> list[int]:
         """Local ssh processes pointed at this sandbox: shared-connection masters, or calls."""
-        found = []
         needle = str(self.root).encode()
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                continue
-            if state == "Z" or not argv or not argv[0].endswith(b"ssh"):
-                continue
-            if any(needle in a for a in argv) and (b"-fNM" in argv) == masters:
-                found.append(int(entry.name))
-        return found
+        return [
+            p.pid
+            for p in process_table()
+            if p.state != "Z"
+            and p.argv
+            and p.argv[0].endswith(b"ssh")
+            and any(needle in a for a in p.argv)
+            and (b"-fNM" in p.argv) == masters
+        ]
 
     def stop_masters(self) -> None:
         for pid in self.processes(masters=True):
@@ -264,19 +299,9 @@ class Sandbox:
     def kill_sessions(self) -> int:
         """Kill this sshd's per-connection processes (not the listener): connections drop."""
         assert self._sshd is not None
-        parents: dict[int, int] = {}
-        names: dict[int, str] = {}
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            pid = int(entry.name)
-            names[pid] = stat.split("(", 1)[1].rsplit(")", 1)[0]
-            parents[pid] = int(stat.rsplit(")", 1)[1].split()[1])
-
+        table = process_table()
+        parents = {p.pid: p.ppid for p in table}
+        names = {p.pid: p.name for p in table}
         listener = self._sshd.pid
 
         def under_listener(pid: int) -> bool:

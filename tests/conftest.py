@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from aexp_relay_mcp import RelayClient
-from aexp_relay_mcp.sandbox import Sandbox, sshd_available
+from aexp_relay_mcp.sandbox import Sandbox, process_table, sshd_available
 
 REQUIRE_SSHD = os.environ.get("AEXP_RELAY_REQUIRE_SSHD") == "1"
 
@@ -40,14 +40,6 @@ def sandbox() -> Iterator[Sandbox]:
         yield sb
 
 
-@pytest.fixture(scope="module")
-def shared_sandbox() -> Iterator[Sandbox]:
-    """One sandbox for a module of read-only tests."""
-    _need_sshd()
-    with Sandbox() as sb:
-        yield sb
-
-
 @pytest.fixture
 def client(sandbox: Sandbox) -> RelayClient:
     return RelayClient(config=sandbox.config())
@@ -64,18 +56,11 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.1) -> bool:
 
 def processes_matching(text: str) -> list[tuple[int, str]]:
     """Live processes whose command line contains text (reads /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if text in cmd and state != "Z":
-            found.append((int(entry.name), cmd))
-    return found
+    return [
+        (p.pid, p.cmdline)
+        for p in process_table()
+        if p.pid != os.getpid() and p.state != "Z" and text in p.cmdline
+    ]
 
 
 def snapshot(sb: Sandbox, repo: Path) -> dict[str, str]:

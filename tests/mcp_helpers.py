@@ -7,14 +7,13 @@ import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.types import CallToolResult
 
-from aexp_relay_mcp.sandbox import Sandbox
+from aexp_relay_mcp.sandbox import Sandbox, process_table
 
 SERVER_ARGS = ["-m", "aexp_relay_mcp", "serve"]
 
@@ -50,15 +49,8 @@ def data(result: CallToolResult) -> dict[str, Any]:
 
 def server_pids() -> list[int]:
     """Our own children that are the relay server."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if int(stat[1]) == os.getpid() and "aexp_relay_mcp serve" in cmd and stat[0] != "Z":
-            found.append(int(entry.name))
-    return found
+    return [
+        p.pid
+        for p in process_table()
+        if p.ppid == os.getpid() and p.state != "Z" and "aexp_relay_mcp serve" in p.cmdline
+    ]

@@ -6,13 +6,12 @@ import asyncio
 import os
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from aexp_relay_mcp import RelayClient, RelayTimeoutError
 from aexp_relay_mcp.runner import ProcessTimeout, run_process
-from aexp_relay_mcp.sandbox import HANG_ALIAS, Sandbox
+from aexp_relay_mcp.sandbox import HANG_ALIAS, Sandbox, process_table
 
 from .conftest import processes_matching, wait_until
 
@@ -148,14 +147,4 @@ async def test_runner_cancel_reaps_the_child() -> None:
 
 
 def zombie_children() -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] == "Z" and int(fields[1]) == os.getpid():
-            found.append(int(entry))
-    return found
+    return [p.pid for p in process_table() if p.state == "Z" and p.ppid == os.getpid()]
