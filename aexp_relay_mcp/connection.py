@@ -70,6 +70,7 @@ class ConnectionManager:
         self.clock = clock
         self.enabled = config.control_persist.lower() not in ("no", "0", "off", "false")
         self._paths: dict[str, tuple[str, str]] = {}  # host -> (path, owner)
+        self._no_path: set[str] = set()  # hosts without a usable ControlPath: ask ssh -G once
         self._starting: dict[str, asyncio.Lock] = {}
         self._failed_until: dict[str, float] = {}
         self._sessions: dict[str, asyncio.Semaphore] = {}
@@ -117,6 +118,8 @@ class ConnectionManager:
     async def control_path(self, host: str) -> str | None:
         if host in self._paths:
             return self._paths[host][0]
+        if host in self._no_path:
+            return None
         theirs = await self._ssh_g(host, [])
         user_path = theirs.get("controlpath", "none")
         if user_path and user_path != "none":
@@ -126,6 +129,7 @@ class ConnectionManager:
         path = ours.get("controlpath")
         if not path or path == "none" or len(path.encode()) > MAX_SOCKET_PATH:
             # Unix socket paths are limited (~104 bytes with ssh's temporary suffix).
+            self._no_path.add(host)
             return None
         Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(Path(path).parent, 0o700)
