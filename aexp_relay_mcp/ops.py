@@ -586,16 +586,20 @@ def validate_request(op: str, args: Mapping[str, Any] | None = None) -> tuple[Op
         return spec, spec.args_model.model_validate(dict(args or {}))
     except ValidationError as exc:
         allowed = ", ".join(spec.args_model.model_fields) or "none"
-        problems = "; ".join(_describe(e) for e in exc.errors())
         raise RelayValidationError(
-            f"Invalid arguments for {op}: {problems}.",
+            f"Invalid arguments for {op}: {describe_validation_error(exc)}.",
             hint=f"Arguments {op} accepts: {allowed}.",
         ) from None
 
 
-def _describe(error: Any) -> str:
-    where = ".".join(str(p) for p in error.get("loc", ())) or "args"
-    if error.get("type") == "extra_forbidden":
-        return f"unknown argument {where!r}"
-    msg = str(error.get("msg", "invalid")).removeprefix("Value error, ")
-    return f"{where}: {msg}"
+def describe_validation_error(exc: ValidationError) -> str:
+    """pydantic's errors as one line an agent can act on ("unknown argument 'force'; ...")."""
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error.get("loc", ())) or "arguments"
+        if error.get("type") == "extra_forbidden":
+            problems.append(f"unknown argument {where!r}")
+        else:
+            msg = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+            problems.append(f"{where}: {msg}")
+    return "; ".join(problems)

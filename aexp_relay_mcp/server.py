@@ -37,7 +37,7 @@ from . import __version__
 from .client import RelayClient
 from .config import RelayConfig
 from .errors import RelayError, RelayValidationError
-from .ops import OPS, OpSpec
+from .ops import OPS, OpSpec, describe_validation_error
 from .parsing import human_size
 from .results import ConnectionStatus, WandbPreview
 
@@ -222,18 +222,9 @@ def ok_result(model: BaseModel) -> CallToolResult:
 
 
 def invalid_arguments_result(tool: str, exc: ValidationError, model: type[BaseModel]) -> RelayError:
-    problems = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err.get("loc", ())) or "arguments"
-        if err.get("type") == "extra_forbidden":
-            problems.append(f"unknown argument {where!r}")
-        else:
-            problems.append(
-                f"{where}: {str(err.get('msg', 'invalid')).removeprefix('Value error, ')}"
-            )
     allowed = ", ".join(model.model_fields)
     return RelayValidationError(
-        f"Invalid arguments for {tool}: {'; '.join(problems)}.",
+        f"Invalid arguments for {tool}: {describe_validation_error(exc)}.",
         hint=f"{tool} accepts: {allowed}. Types are strict: booleans are true/false, "
         "numbers are numbers, lists are JSON arrays.",
     )
