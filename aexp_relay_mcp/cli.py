@@ -28,7 +28,9 @@ from . import __version__
 
 if TYPE_CHECKING:
     from .client import RelayClient
+    from .config import RelayConfig
     from .errors import RelayError
+    from .results import ConnectionStatus
 
 EXIT_OK = 0
 EXIT_REMOTE_FAILED = 1
@@ -187,11 +189,19 @@ def exit_code_for(exc: RelayError) -> int:
     return EXIT_REMOTE_FAILED
 
 
-def _client(args: argparse.Namespace) -> RelayClient:
+def _client(
+    config: RelayConfig | None = None, host: str | None = None, repo: str | None = None
+) -> RelayClient:
     from .client import RelayClient
     from .config import RelayConfig
 
-    return RelayClient(config=RelayConfig.from_env(), op_namer=cli_op_name)
+    return RelayClient(host, repo, config=config or RelayConfig.from_env(), op_namer=cli_op_name)
+
+
+def status_exit_code(status: ConnectionStatus) -> int:
+    if not status.reachable:
+        return EXIT_UNREACHABLE
+    return EXIT_REMOTE_FAILED if status.problem else EXIT_OK
 
 
 def _report_error(exc: RelayError, as_json: bool) -> int:
@@ -218,7 +228,7 @@ def _run_op(args: argparse.Namespace) -> int:
     from .render import render_result
 
     try:
-        client = _client(args)
+        client = _client()
         if args.verb == "status":
             result: Any = asyncio.run(
                 client.check_connection(args.host, args.repo, timeout=args.timeout)
@@ -246,16 +256,13 @@ def _run_op(args: argparse.Namespace) -> int:
         print(result.model_dump_json(indent=2))
     else:
         print(render_result(result, _style(sys.stdout)))
-    if args.verb == "status":
-        if not result.reachable:
-            return EXIT_UNREACHABLE
-        return EXIT_REMOTE_FAILED if result.problem else EXIT_OK
-    return EXIT_OK
+    return status_exit_code(result) if args.verb == "status" else EXIT_OK
 
 
 def _init(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from .config import RelayConfig
     from .errors import RelayError
     from .init_command import (
         InitError,
@@ -267,9 +274,9 @@ def _init(args: argparse.Namespace) -> int:
     from .remote import validate_host, validate_repo
 
     try:
+        config = RelayConfig.from_env()
         host, repo = validate_host(args.host), validate_repo(args.repo)
-        settings = ssh_settings(host, os.environ.get("AEXP_RELAY_SSH_BIN", "ssh"),
-                                os.environ.get("AEXP_RELAY_SSH_CONFIG"))  # fmt: skip
+        settings = ssh_settings(host, config.ssh_bin, config.ssh_config)
         outcome = update_mcp_config(Path(args.mcp_config), host, repo, args.force)
     except RelayError as exc:
         return _report_error(exc, False)
@@ -288,16 +295,12 @@ def _init(args: argparse.Namespace) -> int:
     if args.check:
         import asyncio
 
-        from .client import RelayClient
-        from .config import RelayConfig
         from .render import render_status
 
-        client = RelayClient(host, repo, config=RelayConfig.from_env(), op_namer=cli_op_name)
+        client = _client(config, host, repo)
         status = asyncio.run(client.check_connection())
         print("\n" + render_status(status, _style(sys.stdout)))
-        return EXIT_OK if status.reachable and not status.problem else (
-            EXIT_UNREACHABLE if not status.reachable else EXIT_REMOTE_FAILED
-        )  # fmt: skip
+        return status_exit_code(status)
     return EXIT_OK
 
 
