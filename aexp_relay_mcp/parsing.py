@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .results import BranchState, Commit, FileEntry, PushedRef, RefUpdate, WandbRun
@@ -523,9 +523,3 @@ def classify_ssh_failure(stderr: str) -> Failure:
         "ssh could not run the command on the host.",
         "Run {op:status}, or retry with AEXP_RELAY_SSH_VERBOSE=1 and read the ssh log.",
     )
-
-
-def all_failure_kinds() -> Iterable[str]:
-    yield from (f[0] for f in GIT_FAILURES)
-    yield from GUARD_FAILURES
-    yield from (f[0] for f in SSH_FAILURES)
