@@ -1,12 +1,21 @@
-"""JSONL audit log: one line per request, whatever its outcome.
+"""JSONL audit log: what the agent asked for, and how each call ended.
 
-Each line is written with a single ``write`` on an ``O_APPEND`` descriptor, so
-lines from concurrent servers never interleave. The file is created 0600. A log
-that cannot be written never breaks an op: we warn on stderr once.
+A call that reaches ssh writes a ``started`` line **before** ssh starts, and its final
+line when it ends; both carry the same ``request_id``. A refusal that never reaches
+ssh writes one line. So a ``started`` line with no final line means the server died
+mid-call (SIGKILL, a crash, a power cut): ``aexp-relay-mcp audit`` shows such calls
+as never ended.
 
-Fields: ``time`` (UTC ISO 8601), ``request_id``, ``op``, ``args``, ``host``,
-``repo``, ``approved``, ``outcome`` (ok, rejected, consent_required, failed,
-timeout, cancelled, unreachable), ``kind``, ``exit_code``, ``duration_s``.
+Each line is one ``write`` on an ``O_APPEND`` descriptor, so lines from concurrent
+servers never interleave. The file is created 0600. A log that cannot be written never
+breaks an op: we warn on stderr once.
+
+Fields: ``time`` (UTC ISO 8601), ``request_id``, ``op``, ``args``, ``host``, ``repo``,
+``approved``, ``outcome`` (started; then ok, rejected, consent_required,
+consent_declined, consent_cancelled, consent_unavailable, failed, timeout, cancelled,
+interrupted, unreachable), ``kind``, ``exit_code``, ``duration_s``, ``pid`` (of the
+process that made the call), ``surface`` (mcp, cli, library), ``via`` (mux, ssh,
+direct) and ``multiplexed``.
 """
 
 from __future__ import annotations
@@ -31,6 +40,21 @@ AUDIT_FIELDS = (
     "kind",
     "exit_code",
     "duration_s",
+    "pid",
+    "surface",
+)
+FINAL_OUTCOMES = (
+    "ok",
+    "rejected",
+    "consent_required",
+    "consent_declined",
+    "consent_cancelled",
+    "consent_unavailable",
+    "failed",
+    "timeout",
+    "cancelled",
+    "interrupted",
+    "unreachable",
 )
 
 
@@ -44,6 +68,7 @@ class AuditLog:
         if self.path is None:
             return
         entry = {name: fields.get(name) for name in AUDIT_FIELDS}
+        entry["pid"] = entry["pid"] or os.getpid()
         entry["time"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
         entry.update({k: v for k, v in fields.items() if k not in entry})
         line = (json.dumps(entry, ensure_ascii=True, default=str) + "\n").encode()

@@ -29,7 +29,7 @@ from . import __version__
 if TYPE_CHECKING:
     from .client import RelayClient
     from .config import RelayConfig
-    from .errors import RelayError
+    from .errors import RelayError, Surface
     from .results import ConnectionStatus
 
 EXIT_OK = 0
@@ -55,8 +55,29 @@ def verb_for(op: str) -> str:
     return "status" if op == "status" else op.replace("_", "-")
 
 
-def cli_op_name(op: str) -> str:
-    return f"`aexp-relay-mcp {verb_for(op)}`"
+# How hints name arguments on the command line.
+CLI_FLAGS = {
+    "ssh_host": "--host",
+    "remote_repo": "--repo",
+    "timeout": "--timeout",
+    "remote": "--remote",
+    "branch": "--branch",
+    "runs": "--run",
+    "approve": "--approve",
+}
+
+
+def cli_command(op: str) -> str:
+    return f"aexp-relay-mcp {verb_for(op)}"
+
+
+def cli_surface() -> Surface:
+    from .errors import Surface
+
+    def flag(arg: str) -> str:
+        return CLI_FLAGS.get(arg, arg)
+
+    return Surface("cli", "command", cli_command, flag, flag)
 
 
 def _common() -> argparse.ArgumentParser:
@@ -195,7 +216,7 @@ def _client(
     from .client import RelayClient
     from .config import RelayConfig
 
-    return RelayClient(host, repo, config=config or RelayConfig.from_env(), op_namer=cli_op_name)
+    return RelayClient(host, repo, config=config or RelayConfig.from_env(), surface=cli_surface())
 
 
 def status_exit_code(status: ConnectionStatus) -> int:
@@ -210,9 +231,9 @@ def _report_error(exc: RelayError, as_json: bool) -> int:
     from .render import render_error
 
     if as_json:
-        print(json.dumps(exc.to_dict(cli_op_name), ensure_ascii=False))
+        print(json.dumps(exc.to_dict(cli_surface()), ensure_ascii=False))
     else:
-        print(render_error(exc, cli_op_name, _style(sys.stderr)), file=sys.stderr)
+        print(render_error(exc, cli_surface(), _style(sys.stderr)), file=sys.stderr)
         preview = getattr(exc, "preview", None)
         if preview is not None:
             from .render import render_preview

@@ -1,90 +1,71 @@
 """RelayClient: validate -> build -> run -> parse -> audit.
 
-The MCP server and the CLI are thin adapters over this class.
+The MCP server and the CLI are thin adapters over this class. A ``Call`` (call.py) owns
+each request's life; the ``Transport`` (transport.py) gets its commands to the host.
+The wandb consent flow lives in ``wandb_sync.py``, the connection check in
+``status_check.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import secrets
-import signal
-import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
 import anyio
 
 from .audit import AuditLog
+from .call import Call, LiveCalls
 from .config import REMOTE_TIMEOUT_GRACE, RelayConfig, normalize_repo
 from .connection import ConnectionManager
 from .errors import (
-    ConsentRequiredError,
-    OpNamer,
+    LIBRARY,
+    ConsentError,
     RelayDownError,
     RelayError,
     RelayTimeoutError,
     RelayValidationError,
     RemoteCommandError,
-    plain_op_name,
-    render_hint,
+    Surface,
 )
-from .ops import (
-    OPS,
-    BuildContext,
-    OpSpec,
-    WandbSyncArgs,
-    build_check,
-    build_wandb_preview,
-    display_wandb_command,
-    parse_wandb_preview,
-    validate_request,
-    wandb_words,
-)
+from .ops import BuildContext, OpSpec, validate_request, wandb_words
 from .parsing import (
     Failure,
     GitProgress,
+    UnparseableOutput,
     classify_git_failure,
+    classify_guard_failure,
     classify_ssh_failure,
     clean_text,
-    git_version_ok,
-    guard_failure,
-    human_size,
     tail,
 )
 from .remote import (
     Script,
     ScriptOutput,
     build_remote_command,
-    build_ssh_argv,
-    marker,
     parse_script_output,
     validate_host,
     validate_repo,
 )
-from .results import ConnectionStatus, OpResult, WandbPreview, WandbSyncResult
-from .runner import ProcessResult, ProcessTimeout, Runner, kill_live_groups, run_process
+from .results import ConnectionStatus, OpResult, WandbPreview
+from .runner import ProcessResult, ProcessTimeout, Runner, run_process
+from .transport import Transport
 
 ProgressFn = Callable[[float, str], None]
 
 MAX_TIMEOUT_S = 24 * 3600.0
-REMOTE_KILL_TIMEOUT_S = 10.0
 CHECK_TIMEOUT_S = 30.0
-SSH_TRANSPORT_FAILURE = 255
-
-
-def new_request_id() -> str:
-    return secrets.token_hex(6)
 
 
 class RelayClient:
     """Runs whitelisted ops on ``ssh_host`` in ``remote_repo``.
 
     ``runner`` and ``clock`` are injected so pure tests can substitute them;
-    everything else uses the real ssh.
+    everything else uses the real ssh. ``surface`` says how hints name ops.
     """
 
     def __init__(
@@ -96,7 +77,7 @@ class RelayClient:
         config: RelayConfig | None = None,
         runner: Runner = run_process,
         audit: AuditLog | None = None,
-        op_namer: OpNamer = plain_op_name,
+        surface: Surface = LIBRARY,
         env: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -106,15 +87,15 @@ class RelayClient:
             remote_repo=remote_repo or base.remote_repo,
             timeout=timeout if timeout is not None else base.timeout,
         )
-        self.runner = runner
         self.audit = audit if audit is not None else AuditLog(self.config.audit_log)
-        self.op_namer = op_namer
-        self.env = env
+        self.surface = surface
         self.clock = clock
         self.connections = ConnectionManager(self.config, clock)
+        self.transport = Transport(
+            self.config, self.connections, runner=runner, env=env, clock=clock
+        )
+        self.calls = LiveCalls()
         self._repo_locks: dict[tuple[str, str], asyncio.Lock] = {}
-        # nonce -> (host, remote process group) of commands running now
-        self._inflight: dict[str, tuple[str, int]] = {}
 
     # ------------------------------------------------------------------ public
 
@@ -133,54 +114,29 @@ class RelayClient:
 
         ``on_progress(percent, message)`` is called as git reports progress.
         """
-        rid = new_request_id()
-        started = self.clock()
-        host = ssh_host or self.config.ssh_host
-        repo = remote_repo or self.config.remote_repo
-        audit: dict[str, Any] = {"request_id": rid, "op": op, "args": args, "host": host}
-        audit.update(repo=repo, approved=approve)
-        try:
+        call = self.new_call(op, args, ssh_host, remote_repo, approved=approve)
+        with self.ending(call):
             spec, parsed = validate_request(op, args)
-            host, repo = self._target(host, repo)
+            self.target(call)
             if not isinstance(approve, bool):
                 raise RelayValidationError(
                     "approve must be true or false.",
-                    hint="Pass approve=true only after the user agreed.",
+                    hint="Pass {set:approve} only after the user agreed.",
                 )
-            limit = self._timeout(spec, timeout)
-            ctx = BuildContext(repo=repo, wandb_words=wandb_words(self.config.wandb))
-            lock = self._repo_locks.setdefault((host, repo), asyncio.Lock())
+            call.set_limit(self._timeout(spec, timeout))
+            ctx = self.build_context(call)
             if spec.consent:
-                result: OpResult = await self._wandb_sync(
-                    spec, parsed, ctx, host, approve, limit, rid, started, lock, on_progress, audit
+                from .wandb_sync import wandb_sync
+
+                result: OpResult = await wandb_sync(
+                    self, call, spec, parsed, ctx, approve, on_progress
                 )
             else:
-                async with _maybe(lock, spec.mutating):
-                    out = await self._execute(
-                        spec.build(parsed, ctx),
-                        host,
-                        repo,
-                        limit,
-                        spec=spec,
-                        on_progress=on_progress,
-                        trace=audit,
+                async with _maybe(self.repo_lock(call), spec.mutating):
+                    out = await self.execute(
+                        call, spec.build(parsed, ctx), spec=spec, on_progress=on_progress
                     )
-                result = spec.result_model(
-                    op=op,
-                    request_id=rid,
-                    host=host,
-                    repo=repo,
-                    duration_s=round(self.clock() - started, 4),
-                    **spec.parse(out, parsed),
-                )
-        except RelayError as exc:
-            exc.request_id = rid
-            self._audit(audit, started, _outcome(exc), exc.kind, exc.exit_code)
-            raise
-        except asyncio.CancelledError:
-            self._audit(audit, started, "cancelled", "cancelled", None)
-            raise
-        self._audit(audit, started, "ok", None, 0)
+                result = self.result(call, spec, out, parsed)
         return result
 
     async def check_connection(
@@ -190,98 +146,11 @@ class RelayClient:
         *,
         timeout: float | None = None,
     ) -> ConnectionStatus:
-        """Reachability, round trip, repo, branch, git version and wandb; never raises
-        for an unreachable host (that is a normal answer, with a hint)."""
-        rid = new_request_id()
-        started = self.clock()
-        try:
-            host, repo = self._target(ssh_host, remote_repo, repo_required=False)
-        except RelayValidationError as exc:
-            exc.request_id = rid
-            audit_rejected = {"request_id": rid, "op": "check_connection", "host": ssh_host}
-            self._audit(audit_rejected, started, "rejected", exc.kind, None)
-            raise
-        ctx = BuildContext(repo=repo or "", wandb_words=wandb_words(self.config.wandb))
-        limit = timeout or min(self.config.timeout or CHECK_TIMEOUT_S, CHECK_TIMEOUT_S)
-        base: dict[str, Any] = {
-            "host": host,
-            "repo": repo,
-            "request_id": rid,
-            "repo_exists": None,
-            "is_git_repo": None,
-            "branch": None,
-            "git_version": None,
-            "wandb_available": None,
-            "shared_connection": None,
-            "shared_connection_age_s": None,
-            "control_path": None,
-        }
-        audit = {"request_id": rid, "op": "check_connection", "host": host, "repo": repo}
-        try:
-            body = build_check(ctx)
-            out = await self._execute(
-                body, host, repo or "~", limit, enter=False, check=False, trace=audit
-            )
-        except (RelayDownError, RelayTimeoutError) as exc:
-            self._audit(audit, started, _outcome(exc), exc.kind, exc.exit_code)
-            return ConnectionStatus(
-                **base,
-                reachable=False,
-                rtt_ms=None,
-                problem=exc.kind,
-                hint=f"{exc.message} {render_hint(exc.hint_template, self.op_namer)}",
-                duration_s=round(self.clock() - started, 4),
-            )
-        elapsed = self.clock() - started
-        status = self._interpret_check(out, base, repo)
-        shared = await self.connections.check(host)
-        status.update(
-            shared_connection=shared.live if shared.enabled else None,
-            shared_connection_age_s=shared.age_s,
-            control_path=shared.control_path,
-        )
-        self._audit(audit, started, "ok", status.get("problem"), out.exit_code)
-        return ConnectionStatus(
-            **status, reachable=True, rtt_ms=round(elapsed * 1000, 1), duration_s=round(elapsed, 4)
-        )
+        """Reachability, round trip, repo, branch, git version, wandb and the login shell;
+        never raises for an unreachable host (that is a normal answer, with a hint)."""
+        from .status_check import check_connection
 
-    # ------------------------------------------------------------------ internals
-
-    def _target(
-        self, ssh_host: str | None, remote_repo: str | None, *, repo_required: bool = True
-    ) -> tuple[str, str]:
-        """Validate host and repo, and confine them to the allowlists when those are set."""
-        host = validate_host(ssh_host or self.config.ssh_host)
-        repo_in = remote_repo or self.config.remote_repo
-        repo = validate_repo(repo_in) if (repo_in or repo_required) else ""
-        allowed_hosts, allowed_repos = self.config.allowed_hosts, self.config.allowed_repos
-        if allowed_hosts and host not in allowed_hosts:
-            raise RelayValidationError(
-                f"ssh host {host!r} is not in AEXP_RELAY_ALLOWED_HOSTS.",
-                hint=f"Allowed hosts: {', '.join(allowed_hosts)}. "
-                "Omit ssh_host to use the default.",
-            )
-        if allowed_repos and repo and normalize_repo(repo) not in allowed_repos:
-            raise RelayValidationError(
-                f"remote repo {repo!r} is not in AEXP_RELAY_ALLOWED_REPOS.",
-                hint=f"Allowed repos: {', '.join(allowed_repos)}. "
-                "Omit remote_repo to use the default.",
-            )
-        return host, repo
-
-    def _timeout(self, spec: OpSpec, timeout: float | None) -> float:
-        limit = timeout if timeout is not None else (self.config.timeout or spec.default_timeout)
-        if isinstance(limit, bool) or not isinstance(limit, (int, float)):
-            raise RelayValidationError(
-                f"timeout must be a number of seconds, not {type(limit).__name__}.",
-                hint=f"Pass a number between 1 and {MAX_TIMEOUT_S:g}.",
-            )
-        if not 0 < limit <= MAX_TIMEOUT_S or limit != limit:
-            raise RelayValidationError(
-                f"timeout {limit!r} is out of range.",
-                hint=f"Pass a number of seconds greater than 0 and at most {MAX_TIMEOUT_S:g}.",
-            )
-        return float(limit)
+        return await check_connection(self, ssh_host, remote_repo, timeout=timeout)
 
     async def wandb_preview(
         self,
@@ -291,202 +160,195 @@ class RelayClient:
         remote_repo: str | None = None,
     ) -> WandbPreview:
         """What ``wandb_sync`` would upload: runs, sizes and the exact command. Uploads nothing."""
-        _, parsed = validate_request("wandb_sync", {"runs": runs} if runs is not None else None)
-        host, repo = self._target(ssh_host, remote_repo)
-        assert repo is not None and isinstance(parsed, WandbSyncArgs)
-        ctx = BuildContext(repo=repo, wandb_words=wandb_words(self.config.wandb))
-        return await self._wandb_preview(parsed, ctx, host, CHECK_TIMEOUT_S)
+        from .wandb_sync import wandb_preview
 
-    async def _wandb_preview(
-        self, args: WandbSyncArgs, ctx: BuildContext, host: str, limit: float
-    ) -> WandbPreview:
-        preview_out = await self._execute(
-            build_wandb_preview(args, ctx), host, ctx.repo, min(limit, CHECK_TIMEOUT_S)
-        )
-        wanted, total, available = parse_wandb_preview(preview_out, args, ctx)
-        missing = sorted(set(args.runs or []) - {r.name for r in wanted})
-        if missing:
-            failure = guard_failure("run_not_found")
-            raise RemoteCommandError(
-                f"{failure.message} Not found: {', '.join(missing)}.",
-                kind=failure.kind,
-                hint=failure.hint,
-                details={"missing_runs": missing},
-            )
-        names = [r.name for r in wanted]
-        return WandbPreview(
-            runs=wanted,
-            total_bytes=sum(r.size_bytes for r in wanted),
-            all_runs=total,
-            command=display_wandb_command(ctx, names) if names else "",
-            wandb_available=available,
-        )
+        return await wandb_preview(self, runs, ssh_host=ssh_host, remote_repo=remote_repo)
 
-    async def _wandb_sync(
+    def record_refusal(
         self,
-        spec: OpSpec,
-        args: Any,
-        ctx: BuildContext,
-        host: str,
-        approve: bool,
-        limit: float,
-        rid: str,
-        started: float,
-        lock: asyncio.Lock,
-        on_progress: ProgressFn | None,
-        trace: dict[str, Any],
+        op: str,
+        args: Mapping[str, Any] | None,
+        error: RelayError,
+        *,
+        ssh_host: str | None = None,
+        remote_repo: str | None = None,
+    ) -> None:
+        """One audit line for a call an adapter refused before it reached ssh."""
+        call = self.new_call(op, args, ssh_host, remote_repo)
+        error.request_id = error.request_id or call.request_id
+        self.fail(call, error)
+
+    # ------------------------------------------------------------------ the pieces
+
+    def new_call(
+        self,
+        op: str,
+        args: Mapping[str, Any] | None,
+        ssh_host: str | None,
+        remote_repo: str | None,
+        *,
+        approved: bool = False,
+    ) -> Call:
+        return Call(
+            op=op,
+            args=args,
+            host=ssh_host or self.config.ssh_host,
+            repo=remote_repo or self.config.remote_repo,
+            approved=approved,
+            audit=self.audit,
+            transport=self.transport,
+            live=self.calls,
+            surface=self.surface.name,
+            clock=self.clock,
+        )
+
+    @contextlib.contextmanager
+    def ending(self, call: Call) -> Iterator[None]:
+        """End call with how the block ended: ok, its RelayError's outcome, or cancelled.
+        A block may end the call itself first (finish is once only)."""
+        try:
+            yield
+        except RelayError as exc:
+            self.fail(call, exc)
+            raise
+        except asyncio.CancelledError:
+            call.finish("cancelled", "cancelled")
+            raise
+        call.finish("ok", None, 0)
+
+    def fail(self, call: Call, exc: RelayError) -> None:
+        exc.request_id = exc.request_id or call.request_id
+        exc.op = exc.op or call.op
+        if isinstance(exc, RelayTimeoutError):
+            exc.details.setdefault("timeout_s", round(call.deadline - call.started, 3))
+        call.finish(outcome_of(exc), exc.kind, exc.exit_code)
+
+    def target(self, call: Call, *, repo_required: bool = True) -> None:
+        """Validate the call's host and repo; confine them to the allowlists when set."""
+        host = validate_host(call.host)
+        repo = validate_repo(call.repo) if (call.repo or repo_required) else ""
+        allowed_hosts, allowed_repos = self.config.allowed_hosts, self.config.allowed_repos
+        if allowed_hosts and host not in allowed_hosts:
+            raise RelayValidationError(
+                f"ssh host {host!r} is not in AEXP_RELAY_ALLOWED_HOSTS.",
+                hint=f"Allowed hosts: {', '.join(allowed_hosts)}. "
+                "Omit {arg:ssh_host} to use the default.",
+            )
+        if allowed_repos and repo and normalize_repo(repo) not in allowed_repos:
+            raise RelayValidationError(
+                f"remote repo {repo!r} is not in AEXP_RELAY_ALLOWED_REPOS.",
+                hint=f"Allowed repos: {', '.join(allowed_repos)}. "
+                "Omit {arg:remote_repo} to use the default.",
+            )
+        call.host, call.repo = host, repo
+
+    def build_context(self, call: Call) -> BuildContext:
+        return BuildContext(
+            repo=call.repo or "",
+            wandb_words=wandb_words(self.config.wandb),
+            wandb_dir=self.config.wandb_dir,
+        )
+
+    def repo_lock(self, call: Call) -> asyncio.Lock:
+        """Mutating ops on one checkout run one at a time (in this process)."""
+        return self._repo_locks.setdefault((call.host or "", call.repo or ""), asyncio.Lock())
+
+    def _timeout(self, spec: OpSpec, timeout: float | None) -> float:
+        limit = timeout if timeout is not None else (self.config.timeout or spec.default_timeout)
+        return check_timeout(limit)
+
+    def result(
+        self, call: Call, spec: OpSpec, out: ScriptOutput, parsed: Any, **extra: Any
     ) -> OpResult:
-        assert isinstance(args, WandbSyncArgs)
-        preview = await self._wandb_preview(args, ctx, host, limit)
-        names = [r.name for r in preview.runs]
-        common: dict[str, Any] = {
-            "op": spec.name,
-            "request_id": rid,
-            "host": host,
-            "repo": ctx.repo,
-        }
-        if not names:
-            return WandbSyncResult(
-                **common,
-                duration_s=round(self.clock() - started, 4),
-                synced=[],
-                command=None,
-                output_tail="Nothing to sync: every offline run under wandb/ is already synced.",
-            )
-        if not approve:
-            raise ConsentRequiredError(
-                f"Uploading {len(names)} offline run(s), {human_size(preview.total_bytes)}, to "
-                "Weights & Biases needs the user's approval. Nothing was uploaded.",
-                preview=preview,
-                hint="Show the user the runs, sizes and command in the preview. Only if they "
-                "agree, run {op:wandb_sync} again with approval (approve=true, or --approve "
-                "on the command line) for the same runs.",
-            )
-        if not preview.wandb_available:
-            failure = guard_failure("wandb_missing")
-            raise RemoteCommandError(failure.message, kind=failure.kind, hint=failure.hint)
-        pinned = args.model_copy(update={"runs": names})
-        async with lock:
-            out = await self._execute(
-                spec.build(pinned, ctx),
-                host,
-                ctx.repo,
-                limit,
-                spec=spec,
-                on_progress=on_progress,
-                trace=trace,
-            )
-        return WandbSyncResult(
-            **common,
-            **spec.parse(out, pinned),
-            duration_s=round(self.clock() - started, 4),
-            command=preview.command,
+        """The op's frozen result; unreadable output is an error, never a guess."""
+        try:
+            fields = spec.parse(out, parsed)
+        except UnparseableOutput as exc:
+            raise unparseable(out, str(exc)) from None
+        return spec.result_model(
+            op=spec.name,
+            request_id=call.request_id,
+            host=call.host or "",
+            repo=call.repo or "",
+            duration_s=round(call.elapsed, 4),
+            **fields,
+            **extra,
         )
 
-    async def _execute(
+    async def execute(
         self,
+        call: Call,
         body: Script,
-        host: str,
-        repo: str,
-        limit: float,
         *,
         spec: OpSpec | None = None,
         enter: bool = True,
         check: bool = True,
         on_progress: ProgressFn | None = None,
-        trace: dict[str, Any] | None = None,
     ) -> ScriptOutput:
-        """Run a script body over ssh; turn transport and remote failures into errors."""
-        started = self.clock()
+        """Run a script body over ssh for call; turn transport and remote failures into errors."""
         nonce = secrets.token_hex(8)
+        left = max(0.1, call.deadline - self.clock())
         command = build_remote_command(
-            body, repo, nonce, timeout=limit, grace=REMOTE_TIMEOUT_GRACE, enter=enter
+            body, call.repo or "~", nonce, timeout=left, grace=REMOTE_TIMEOUT_GRACE, enter=enter
         )
         verbose_log = self._verbose_log_path(nonce)
-        options, multiplexed = await self._connection_options(host, limit)
-        if trace is not None:
-            trace["multiplexed"] = multiplexed
-        argv = build_ssh_argv(
-            ssh_bin=self.config.ssh_bin,
-            host=host,
-            remote_command=command,
-            connect_timeout=self.config.connect_timeout,
-            ssh_config=self.config.ssh_config,
-            verbose_log=verbose_log,
-            extra_options=options,
-        )
-        remaining = max(0.5, limit - (self.clock() - started))
-        pid_watch = _RemotePidWatch(
-            marker(nonce), lambda pid: self._inflight.update({nonce: (host, pid)})
-        )
         progress = GitProgress(on_progress) if on_progress else None
-
-        def on_stderr(chunk: bytes) -> None:
-            pid_watch.feed(chunk)
-            if progress is not None:
-                progress.feed(chunk)
-
         try:
-            async with self.connections.session_slot(host):
-                proc = await self.runner(
-                    argv,
-                    timeout=remaining,
-                    output_cap=self.config.output_cap,
-                    env=self.env,
-                    on_stderr=on_stderr,
-                )
+            run = await call.run(
+                command,
+                nonce,
+                on_stderr=progress.feed if progress else None,
+                verbose_log=verbose_log,
+            )
         except FileNotFoundError:
             raise self._ssh_missing() from None
         except ProcessTimeout as exc:
-            await self._kill_remote(host, pid_watch.pid)
-            partial = parse_script_output(exc.result.stdout, exc.result.stderr, nonce)
-            where = (
-                "The command had started on the login node and was stopped there too."
-                if pid_watch.pid
-                else "ssh had not got the command running yet (stuck connecting, in a "
-                "ProxyCommand/ProxyJump, or authenticating)."
-            )
-            raise RelayTimeoutError(
-                f"The call did not finish within {limit:g}s on {host}. {where}",
-                hint="Retry with a larger timeout if the op is slow (big fetch, slow filesystem); "
-                "run {op:status} to check the connection. " + _verbose_hint(verbose_log),
-                stderr_tail=tail(partial.stderr + _log_tail(verbose_log)),
-                details={"timeout_s": limit},
-            ) from None
+            raise await self._timed_out(call, exc, nonce, verbose_log) from None
         except asyncio.CancelledError:
             with anyio.CancelScope(shield=True):
-                await self._kill_remote(host, pid_watch.pid)
+                await call.stop_remote()
             raise
-        finally:
-            self._inflight.pop(nonce, None)
-        self.connections.note_result(host, proc.stderr)
-        out = parse_script_output(proc.stdout, proc.stderr, nonce)
-        if out.exit_code is None and pid_watch.pid is not None:
-            # The command started but never reported back (the connection dropped):
-            # end it on the login node through a new connection.
+        out = parse_script_output(run.result.stdout, run.result.stderr, nonce)
+        if out.exit_code is not None:
+            call.command_ended()
+        elif call.remote is not None:
+            # It started but never reported back (the connection dropped): end it on the
+            # login node through a new session.
             with anyio.CancelScope(shield=True):
-                await self._kill_remote(host, pid_watch.pid)
+                await call.stop_remote()
         if check:
-            self._raise_for(out, proc, spec, verbose_log)
-        elif out.exit_code is None:
-            self._raise_transport(out, proc, verbose_log)
+            self._raise_for(out, run.result, spec, verbose_log)
+        elif not out.started or out.exit_code is None:
+            self._raise_transport(out, run.result, verbose_log)
         return out
 
-    async def _connection_options(self, host: str, limit: float) -> tuple[list[str], bool]:
-        """ssh options for sharing the host's master, starting one if needed, within limit."""
-        try:
-            return await asyncio.wait_for(self.connections.options_for(host), limit)
-        except asyncio.TimeoutError:
-            raise RelayTimeoutError(
-                f"Could not connect to {host} within {limit:g}s (starting the shared ssh "
-                "connection hung: a ProxyCommand/ProxyJump, the network, or a login prompt).",
-                hint="Check the host with plain ssh in a terminal; for MFA clusters run "
-                "`aexp-relay-mcp connect` once. Set AEXP_RELAY_CONTROL_PERSIST=no to "
-                "connect directly.",
-                details={"timeout_s": limit},
-            ) from None
-        except FileNotFoundError:
-            raise self._ssh_missing() from None
+    async def _timed_out(
+        self, call: Call, exc: ProcessTimeout, nonce: str, verbose_log: Path | None
+    ) -> RelayTimeoutError:
+        started_remotely = call.remote is not None
+        gone = await call.stop_remote()
+        partial = parse_script_output(exc.result.stdout, exc.result.stderr, nonce)
+        if not started_remotely:
+            where = (
+                "ssh had not got the command running yet (stuck connecting, in a "
+                "ProxyCommand/ProxyJump, or authenticating)."
+            )
+        elif gone:
+            where = "The command had started on the login node and was stopped there too."
+        else:
+            where = (
+                "The command had started on the login node; stopping it there could not be "
+                "confirmed, and its own time limit there ends it "
+                f"{REMOTE_TIMEOUT_GRACE:g} s after this timeout."
+            )
+        limit = call.deadline - call.started
+        return RelayTimeoutError(
+            f"The call did not finish within {limit:g}s on {call.host}. {where}",
+            hint="Retry with a larger {arg:timeout} if the op is slow (big fetch, slow "
+            "filesystem); run {op:status} to check the connection." + _verbose_hint(verbose_log),
+            stderr_tail=tail(partial.stderr + _log_tail(verbose_log)),
+            details={"timeout_s": round(limit, 3)},
+        )
 
     def _ssh_missing(self) -> RelayDownError:
         return RelayDownError(
@@ -498,9 +360,11 @@ class RelayClient:
     def _raise_transport(
         self, out: ScriptOutput, proc: ProcessResult, verbose_log: Path | None
     ) -> NoReturn:
-        stderr = out.stderr + _log_tail(verbose_log)
-        if proc.exit_code == SSH_TRANSPORT_FAILURE or out.remote_pid is None:
-            f = classify_ssh_failure(stderr)
+        # Before the start marker, all of stderr is ssh's (and maybe the login shell's);
+        # after it, only what follows counts.
+        stderr = (proc.stderr if not out.started else out.stderr) + _log_tail(verbose_log)
+        f = classify_ssh_failure(stderr)
+        if not out.started or f.kind != "unreachable":
             raise RelayDownError(
                 f.message,
                 kind=f.kind,
@@ -524,14 +388,19 @@ class RelayClient:
         spec: OpSpec | None,
         verbose_log: Path | None,
     ) -> None:
-        if out.exit_code is None:
+        if not out.started or out.exit_code is None:
             self._raise_transport(out, proc, verbose_log)
         if out.exit_code == 0:
             return
         code = out.exit_code
-        # git puts some reasons on stdout (push --porcelain, rebase's CONFLICT lines).
+        # git puts some reasons on stdout (push --porcelain, rebase's CONFLICT lines). The
+        # login shell's own output (before the start marker) is never read as git's.
         said = out.stderr + "\n" + out.stdout
-        failure: Failure = guard_failure(out.kind) if out.kind else classify_git_failure(said, code)
+        if out.kind:
+            guard = out.section("guard")
+            failure: Failure = classify_guard_failure(out.kind, guard.stderr if guard else "")
+        else:
+            failure = classify_git_failure(said, code)
         details: dict[str, Any] = {}
         if spec is not None and spec.name == "rebase" and out.section("abort") is not None:
             failure, details = _rebase_conflict(out)
@@ -544,38 +413,6 @@ class RelayClient:
             details=details,
         )
 
-    def _interpret_check(
-        self, out: ScriptOutput, base: dict[str, Any], repo: str | None
-    ) -> dict[str, Any]:
-        status = dict(base)
-        problem: Failure | None = None
-        git = out.section("git_version")
-        if git is not None and git.exit_code == 0:
-            match = re.search(r"git version (\S+)", git.stdout)
-            status["git_version"] = match.group(1) if match else git.stdout.strip()
-            if not git_version_ok(status["git_version"]):
-                problem = guard_failure("git_too_old")
-        elif git is not None:
-            problem = guard_failure("git_missing")
-        wandb = out.section("wandb")
-        status["wandb_available"] = wandb is not None and wandb.exit_code == 0
-        if repo:
-            status["repo_exists"] = out.kind not in ("repo_missing", "repo_not_dir")
-            inside = out.section("inside")
-            status["is_git_repo"] = bool(inside and inside.exit_code == 0)
-            branch = out.section("branch")
-            if branch is not None and branch.exit_code == 0:
-                status["branch"] = branch.stdout.strip() or None
-            if out.kind:
-                problem = guard_failure(out.kind)
-            elif inside is not None and inside.exit_code != 0 and problem is None:
-                problem = classify_git_failure(inside.stderr, inside.exit_code)
-        status["problem"] = problem.kind if problem else None
-        status["hint"] = (
-            f"{problem.message} {render_hint(problem.hint, self.op_namer)}" if problem else ""
-        )
-        return status
-
     def _verbose_log_path(self, nonce: str) -> Path | None:
         if not self.config.ssh_verbose:
             return None
@@ -583,89 +420,32 @@ class RelayClient:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         return directory / f"ssh-{time.strftime('%Y%m%d-%H%M%S')}-{nonce}.log"
 
-    def _kill_remote_argv(self, host: str, pid: int) -> list[str]:
-        """Internal, not an op: the pid is an integer the remote wrapper reported."""
-        command = (
-            f"kill -TERM -{int(pid)} 2>/dev/null || exit 0; sleep 1; "
-            f"kill -KILL -{int(pid)} 2>/dev/null; exit 0"
+
+def check_timeout(limit: object) -> float:
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)):
+        raise RelayValidationError(
+            f"timeout must be a number of seconds, not {type(limit).__name__}.",
+            hint=f"Pass {{arg:timeout}} as a number between 1 and {MAX_TIMEOUT_S:g}.",
         )
-        return build_ssh_argv(
-            ssh_bin=self.config.ssh_bin,
-            host=host,
-            remote_command=command,
-            connect_timeout=min(self.config.connect_timeout, 5),
-            ssh_config=self.config.ssh_config,
-            extra_options=self.connections.live_options(host),
+    if not 0 < limit <= MAX_TIMEOUT_S or limit != limit:
+        raise RelayValidationError(
+            f"timeout {limit!r} is out of range.",
+            hint=f"Pass {{arg:timeout}} greater than 0 and at most {MAX_TIMEOUT_S:g} seconds.",
         )
-
-    async def _kill_remote(self, host: str, pid: int | None) -> None:
-        """End the op's process group on the login node (best effort, bounded)."""
-        if pid is None or pid <= 1:
-            return
-        argv = self._kill_remote_argv(host, pid)
-        with contextlib.suppress(ProcessTimeout, OSError):
-            await self.runner(argv, timeout=REMOTE_KILL_TIMEOUT_S, output_cap=4096, env=self.env)
-
-    def emergency_stop(self, wait_s: float = 3.0) -> None:
-        """Synchronous last resort at shutdown (SIGTERM, SIGHUP): end every local child
-        group and every remote command this client still has running."""
-        kill_live_groups(signal.SIGKILL)
-        procs = []
-        for host, pid in list(self._inflight.values()):
-            if pid > 1:
-                with contextlib.suppress(OSError):
-                    procs.append(
-                        subprocess.Popen(
-                            self._kill_remote_argv(host, pid),
-                            stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL,
-                            start_new_session=True,
-                        )
-                    )
-        deadline = time.monotonic() + wait_s
-        for proc in procs:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        self._inflight.clear()
-
-    def _audit(
-        self,
-        base: dict[str, Any],
-        started: float,
-        outcome: str,
-        kind: str | None,
-        exit_code: int | None,
-    ) -> None:
-        self.audit.record(
-            **base,
-            outcome=outcome,
-            kind=kind,
-            exit_code=exit_code,
-            duration_s=round(self.clock() - started, 4),
-        )
+    return float(limit)
 
 
-class _RemotePidWatch:
-    """Picks the remote process-group id out of the stderr stream as it arrives."""
-
-    def __init__(self, mark: str, on_pid: Callable[[int], None]) -> None:
-        self.pattern = re.compile(re.escape(mark.encode()) + rb" pid (\d+)\n")
-        self.buffer = b""
-        self.pid: int | None = None
-        self.on_pid = on_pid
-
-    def feed(self, chunk: bytes) -> None:
-        if self.pid is not None or len(self.buffer) > 65536:
-            return
-        self.buffer += chunk
-        match = self.pattern.search(self.buffer)
-        if match:
-            self.pid = int(match.group(1))
-            self.buffer = b""
-            self.on_pid(self.pid)
+def unparseable(out: ScriptOutput, detail: str) -> RemoteCommandError:
+    return RemoteCommandError(
+        f"The command finished on the login node (exit code {out.exit_code}), but its output "
+        f"could not be read ({detail}), so its result is not reported.",
+        kind="unparseable_output",
+        hint="Run {op:repo_status} to see the checkout's state, and {op:status} to see "
+        "whether the login shell prints text of its own. If it persists, report it with "
+        "the request_id and stderr_tail.",
+        exit_code=out.exit_code,
+        stderr_tail=tail(out.shell_stdout + out.stdout + "\n" + out.stderr),
+    )
 
 
 def _rebase_conflict(out: ScriptOutput) -> tuple[Failure, dict[str, Any]]:
@@ -678,7 +458,6 @@ def _rebase_conflict(out: ScriptOutput) -> tuple[Failure, dict[str, Any]]:
     if not files:
         # A stopped rebase without conflicted files (e.g. untracked files in the way).
         failure = classify_git_failure(out.stderr, out.exit_code or 1)
-        files = []
     else:
         failure = Failure(
             "conflict",
@@ -694,11 +473,11 @@ def _rebase_conflict(out: ScriptOutput) -> tuple[Failure, dict[str, Any]]:
     }
 
 
-def _outcome(exc: RelayError) -> str:
+def outcome_of(exc: RelayError) -> str:
     if isinstance(exc, RelayValidationError):
         return "rejected"
-    if isinstance(exc, ConsentRequiredError):
-        return "consent_required"
+    if isinstance(exc, ConsentError):
+        return exc.kind
     if isinstance(exc, RelayTimeoutError):
         return "timeout"
     if isinstance(exc, RelayDownError):
@@ -741,4 +520,4 @@ class _maybe:
             self.lock.release()
 
 
-__all__ = ["OPS", "RelayClient"]
+__all__ = ["RelayClient"]

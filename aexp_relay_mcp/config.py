@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import RelayValidationError
+from .remote import validate_wandb_dir
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_OP_TIMEOUT = 60.0
@@ -21,10 +22,15 @@ DEFAULT_OUTPUT_CAP = 1024 * 1024
 DEFAULT_AUDIT_LOG = "~/.aexp/airgapped-relay.log"
 DEFAULT_SSH_BIN = "ssh"
 DEFAULT_WANDB = "wandb"
+DEFAULT_WANDB_DIR = "wandb"
 # Seconds the login node's `timeout -k` waits past the call's own timeout before it
 # stops the remote command, so the local side always gives up first and reports.
 REMOTE_TIMEOUT_GRACE = 5.0
 DEFAULT_CONTROL_PERSIST = "10m"
+# How long a connection opened by `aexp-relay-mcp connect` (an explicit login, often with
+# MFA) stays up when idle: a working day, so one MFA prompt covers it.
+DEFAULT_CONNECT_PERSIST = "12h"
+MUX_CLIENTS = ("native", "ssh")
 # ssh expands ~ and %C itself; the path must stay short (sockets fit in ~104 bytes).
 DEFAULT_CONTROL_DIR = "~/.aexp/cm"
 DEFAULT_MAX_SESSIONS = 8
@@ -46,14 +52,30 @@ ENV_VARS: dict[str, str] = {
     "AEXP_RELAY_WANDB": (
         "the remote wandb command (default wandb); an absolute path is most reliable"
     ),
+    "AEXP_RELAY_WANDB_DIR": (
+        "where the offline runs live: relative to the repo (default wandb), absolute, or ~/..."
+    ),
     "AEXP_RELAY_AUDIT_LOG": f"the audit log path (default {DEFAULT_AUDIT_LOG})",
     "AEXP_RELAY_OUTPUT_CAP": f"bytes kept per output stream (default {DEFAULT_OUTPUT_CAP})",
     "AEXP_RELAY_CONTROL_PERSIST": (
         "how long the shared ssh connection (ControlMaster) stays up when idle, in ssh "
         "ControlPersist form (default 10m); no turns connection reuse off"
     ),
+    "AEXP_RELAY_CONTROL_DIR": (
+        f"where the relay keeps shared-connection sockets and lock files (default "
+        f"{DEFAULT_CONTROL_DIR}); keep it short, a socket path must fit in ~100 bytes"
+    ),
+    "AEXP_RELAY_CONNECT_PERSIST": (
+        "how long the connection opened by `aexp-relay-mcp connect` stays up when idle "
+        f"(default {DEFAULT_CONNECT_PERSIST}; it always ends with `disconnect`)"
+    ),
     "AEXP_RELAY_MAX_SESSIONS": (
-        "concurrent ssh sessions per host (default 8; keep it below sshd's MaxSessions, 10)"
+        "concurrent ssh sessions per shared connection, counted across every relay process "
+        "on this machine (default 8; keep it below sshd's MaxSessions, 10)"
+    ),
+    "AEXP_RELAY_MUX_CLIENT": (
+        "how calls use the shared connection: native (default; the relay speaks OpenSSH's "
+        "multiplexing protocol itself) or ssh (spawn an ssh client per call)"
     ),
     "AEXP_RELAY_ALLOWED_HOSTS": (
         "comma-separated ssh hosts the agent may target; when set, any other ssh_host is refused"
@@ -82,6 +104,7 @@ class RelayConfig:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     timeout: float | None = None  # None: each op's own default
     wandb: str = DEFAULT_WANDB
+    wandb_dir: str = DEFAULT_WANDB_DIR
     audit_log: Path | None = dataclasses.field(
         default_factory=lambda: Path(DEFAULT_AUDIT_LOG).expanduser()
     )
@@ -91,6 +114,8 @@ class RelayConfig:
     )
     consent: str = "agent"
     control_persist: str = DEFAULT_CONTROL_PERSIST
+    connect_persist: str = DEFAULT_CONNECT_PERSIST
+    mux_client: str = "native"
     control_dir: str = DEFAULT_CONTROL_DIR
     max_sessions: int = DEFAULT_MAX_SESSIONS
     allowed_hosts: tuple[str, ...] = ()
@@ -115,13 +140,23 @@ class RelayConfig:
             "connect_timeout": _number(env, "AEXP_RELAY_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT),
             "timeout": _number(env, "AEXP_RELAY_TIMEOUT", None),
             "wandb": text("AEXP_RELAY_WANDB") or DEFAULT_WANDB,
+            "wandb_dir": validate_wandb_dir(text("AEXP_RELAY_WANDB_DIR") or DEFAULT_WANDB_DIR),
             "output_cap": int(_number(env, "AEXP_RELAY_OUTPUT_CAP", DEFAULT_OUTPUT_CAP) or 0),
             "consent": _choice(env, "AEXP_RELAY_CONSENT", CONSENT_MODES),
             "allowed_hosts": _list(text("AEXP_RELAY_ALLOWED_HOSTS")),
             "allowed_repos": tuple(
                 normalize_repo(r) for r in _list(text("AEXP_RELAY_ALLOWED_REPOS"))
             ),
-            "control_persist": _control_persist(text("AEXP_RELAY_CONTROL_PERSIST")),
+            "control_persist": _control_persist(
+                "AEXP_RELAY_CONTROL_PERSIST", text("AEXP_RELAY_CONTROL_PERSIST")
+            ),
+            "connect_persist": _control_persist(
+                "AEXP_RELAY_CONNECT_PERSIST",
+                text("AEXP_RELAY_CONNECT_PERSIST"),
+                DEFAULT_CONNECT_PERSIST,
+            ),
+            "mux_client": _choice(env, "AEXP_RELAY_MUX_CLIENT", MUX_CLIENTS),
+            "control_dir": text("AEXP_RELAY_CONTROL_DIR") or DEFAULT_CONTROL_DIR,
             "max_sessions": int(_number(env, "AEXP_RELAY_MAX_SESSIONS", DEFAULT_MAX_SESSIONS) or 1),
             "log_level": _choice(env, "AEXP_RELAY_LOG_LEVEL", LOG_LEVELS).upper(),
         }
@@ -148,15 +183,15 @@ def _list(raw: str | None) -> tuple[str, ...]:
     return tuple(item.strip() for item in (raw or "").split(",") if item.strip())
 
 
-def _control_persist(raw: str | None) -> str:
+def _control_persist(name: str, raw: str | None, default: str = DEFAULT_CONTROL_PERSIST) -> str:
     """ssh ControlPersist syntax: no, yes, or a time like 600, 10m, 1h30m."""
     if raw is None:
-        return DEFAULT_CONTROL_PERSIST
+        return default
     value = raw.strip().lower()
     if value in ("no", "yes") or re.fullmatch(r"(\d+[smhdw]?)+", value):
         return value
     raise RelayValidationError(
-        f"AEXP_RELAY_CONTROL_PERSIST={raw!r} is not an ssh ControlPersist value.",
+        f"{name}={raw!r} is not an ssh ControlPersist value.",
         hint="Use no (reuse off), or a duration such as 600, 10m or 1h.",
     )
 

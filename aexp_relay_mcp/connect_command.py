@@ -1,8 +1,10 @@
 """``aexp-relay-mcp connect`` / ``disconnect``: the shared ssh connection, by hand.
 
 For clusters that need a password, MFA or a Duo push: ``connect`` opens the master with
-the terminal attached (no BatchMode), once; every relay call then reuses it until it has
-been idle for AEXP_RELAY_CONTROL_PERSIST (10m by default).
+the terminal attached (no BatchMode), once. It stays up until ``disconnect`` or until it
+has been idle for AEXP_RELAY_CONNECT_PERSIST (12 h by default): the user asked for this
+login, and each new one costs a prompt. Every relay call, in every session, reuses it.
+``disconnect`` ends it, and every other master the relay started for the host.
 """
 
 from __future__ import annotations
@@ -54,9 +56,9 @@ def connect(host_arg: str | None) -> int:
     state = asyncio.run(manager.check(host))
     if code == 0 and state.live:
         print(
-            f"Connected. The relay reuses this login for {host} until it has been idle for "
-            f"{manager.config.control_persist} (socket {path}). "
-            f"`aexp-relay-mcp disconnect {host}` closes it."
+            f"Connected. Every relay call to {host} reuses this login until "
+            f"`aexp-relay-mcp disconnect {host}`, or until it has been idle for "
+            f"{manager.config.connect_persist} (socket {path})."
         )
         return EXIT_OK
     print(f"Could not open a shared connection to {host} (ssh exit {code}).", file=sys.stderr)
@@ -67,15 +69,10 @@ def disconnect(host_arg: str | None) -> int:
     found = _manager(host_arg)
     if isinstance(found, int):
         return found
-    manager, host, path = found
-    if not asyncio.run(manager.check(host)).live:
+    manager, host, _ = found
+    ended = asyncio.run(manager.disconnect(host))
+    if ended:
+        print(f"Closed {ended} shared connection(s) to {host}.")
+    else:
         print(f"No shared connection to {host} is up.")
-        return EXIT_OK
-    proc = subprocess.run(
-        manager.exit_argv(host, path), stdin=subprocess.DEVNULL, capture_output=True, text=True
-    )
-    if proc.returncode == 0:
-        print(f"Closed the shared connection to {host}.")
-        return EXIT_OK
-    print(f"ssh -O exit failed: {proc.stderr.strip()}", file=sys.stderr)
-    return EXIT_UNREACHABLE
+    return EXIT_OK

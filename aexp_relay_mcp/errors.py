@@ -1,13 +1,14 @@
 """The error tree. Every message says what happened and what to do next.
 
-Hints are written once, with ``{op:NAME}`` placeholders for the next operation
-to run. Each adapter renders them in its own words: the library says
-``rebase``, the MCP server ``airgapped_rebase``, the CLI ``aexp-relay-mcp rebase``.
+Hints are written once, with ``{op:NAME}`` (the next operation to run), ``{arg:NAME}``
+and ``{args:OP}`` placeholders. Each adapter (a ``Surface``) renders them in its own
+words: the library says ``rebase``, the MCP server ``airgapped_rebase``, the CLI
+``aexp-relay-mcp rebase``.
 
 | error                  | kind(s)                                   | nothing ran? |
 |------------------------|-------------------------------------------|--------------|
 | RelayValidationError   | invalid_request                           | yes          |
-| ConsentRequiredError   | consent_required                          | nothing uploaded |
+| ConsentError           | consent_required, consent_declined, ...   | nothing uploaded |
 | RelayDownError         | connection_refused, auth_failed, ...      | did not finish |
 | RelayTimeoutError      | timeout                                   | bounded on both sides |
 | RemoteCommandError     | not_a_repo, diverged, conflict, ...       | it ran and failed |
@@ -17,24 +18,60 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-_OP_PLACEHOLDER = re.compile(r"\{op:([a-z_]+)\}")
-
-OpNamer = Callable[[str], str]
+_PLACEHOLDER = re.compile(r"\{(op|arg|args|set):([a-z_]+)\}")
 
 
-def plain_op_name(op: str) -> str:
-    return f"`{op}`"
+@dataclass(frozen=True)
+class Surface:
+    """How one adapter names things: the library says ``push`` and ``ssh_host``, the MCP
+    server ``airgapped_push`` and ``ssh_host``, the CLI ``aexp-relay-mcp push`` and
+    ``--host``. ``subject`` is the JSON key that names the op an error belongs to."""
+
+    name: str  # library, mcp, cli (recorded in the audit log)
+    subject: str  # op, tool, command
+    op_label: Callable[[str], str]
+    arg_label: Callable[[str], str]
+    flag_on: Callable[[str], str] = lambda arg: f"{arg}=true"  # a boolean argument, set
+
+    def render(self, template: str) -> str:
+        """Replace ``{op:NAME}``, ``{arg:NAME}``, ``{set:NAME}`` (a boolean argument,
+        turned on) and ``{args:OP}`` (every argument of OP) placeholders."""
+
+        def one(match: re.Match[str]) -> str:
+            what, name = match.group(1), match.group(2)
+            if what == "op":
+                return f"`{self.op_label(name)}`"
+            if what == "arg":
+                return f"`{self.arg_label(name)}`"
+            if what == "set":
+                return f"`{self.flag_on(name)}`"
+            from .ops import op_arguments  # ops imports this module
+
+            return ", ".join(self.arg_label(a) for a in op_arguments(name)) or "none"
+
+        return _PLACEHOLDER.sub(one, template)
 
 
-def render_hint(template: str, namer: OpNamer = plain_op_name) -> str:
-    """Replace ``{op:NAME}`` placeholders with what the caller's surface calls NAME."""
-    return _OP_PLACEHOLDER.sub(lambda m: namer(m.group(1)), template)
+def _same(name: str) -> str:
+    return name
+
+
+LIBRARY = Surface("library", "op", _same, _same, lambda arg: f"{arg}=True")
+
+
+def render_hint(template: str, surface: Surface = LIBRARY) -> str:
+    return surface.render(template)
 
 
 class RelayError(Exception):
-    """Base class. ``kind`` is a stable machine-readable token; ``hint`` the next step."""
+    """Base class. ``kind`` is a stable machine-readable token; ``hint`` the next step.
+
+    ``message`` is plain text (it may quote the caller's values); ``hint`` is a template
+    written in this package, rendered per surface. ``op`` is the op the error belongs to.
+    """
 
     default_kind = "relay_error"
 
@@ -48,6 +85,7 @@ class RelayError(Exception):
         stderr_tail: str = "",
         command: str = "",
         request_id: str = "",
+        op: str = "",
         details: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
@@ -58,16 +96,17 @@ class RelayError(Exception):
         self.stderr_tail = stderr_tail
         self.command = command
         self.request_id = request_id
+        self.op = op
         self.details = dict(details or {})
 
     @property
     def hint(self) -> str:
         return render_hint(self.hint_template)
 
-    def render(self, namer: OpNamer = plain_op_name) -> str:
+    def render(self, surface: Surface = LIBRARY) -> str:
         parts = [self.message]
         if self.hint_template:
-            parts.append(f"Hint: {render_hint(self.hint_template, namer)}")
+            parts.append(f"Hint: {surface.render(self.hint_template)}")
         if self.exit_code is not None:
             parts.append(f"Exit code: {self.exit_code}")
         if self.stderr_tail:
@@ -77,13 +116,13 @@ class RelayError(Exception):
     def __str__(self) -> str:
         return self.render()
 
-    def to_dict(self, namer: OpNamer = plain_op_name) -> dict[str, Any]:
+    def to_dict(self, surface: Surface = LIBRARY) -> dict[str, Any]:
         """The JSON shape adapters send: kind, message, hint, and context when known."""
-        data: dict[str, Any] = {
-            "kind": self.kind,
-            "message": self.message,
-            "hint": render_hint(self.hint_template, namer),
-        }
+        data: dict[str, Any] = {"kind": self.kind}
+        if self.op:
+            data[surface.subject] = surface.op_label(self.op)
+        data["message"] = self.message
+        data["hint"] = surface.render(self.hint_template)
         if self.exit_code is not None:
             data["exit_code"] = self.exit_code
         if self.stderr_tail:
@@ -103,18 +142,31 @@ class RelayValidationError(RelayError, ValueError):
     default_kind = "invalid_request"
 
 
-class ConsentRequiredError(RelayError):
-    """A consent op was asked for without approval. Nothing was uploaded."""
+class ConsentError(RelayError):
+    """A consent op did not get the user's yes. Nothing was uploaded.
+
+    Kinds: ``consent_required`` (no approval given: ``preview`` shows what would upload),
+    ``consent_declined`` (the user said no), ``consent_cancelled`` (the question was
+    dismissed, or nobody could answer it), ``consent_unavailable`` (the client cannot ask).
+    """
 
     default_kind = "consent_required"
 
-    def __init__(self, message: str, *, preview: Any, hint: str = "", **kw: Any) -> None:
+    def __init__(self, message: str, *, preview: Any = None, hint: str = "", **kw: Any) -> None:
         super().__init__(message, hint=hint, **kw)
         self.preview = preview
 
     def extra(self) -> dict[str, Any]:
+        if self.preview is None:
+            return dict(self.details)
         dump = getattr(self.preview, "model_dump", None)
         return {**self.details, "preview": dump(mode="json") if dump else self.preview}
+
+
+class ConsentRequiredError(ConsentError):
+    """A consent op was asked for without approval; ``preview`` lists what would upload."""
+
+    default_kind = "consent_required"
 
 
 class RelayDownError(RelayError):
@@ -137,11 +189,14 @@ class RemoteCommandError(RelayError):
 
 
 __all__ = [
+    "LIBRARY",
+    "ConsentError",
     "ConsentRequiredError",
     "RelayDownError",
     "RelayError",
     "RelayTimeoutError",
     "RelayValidationError",
     "RemoteCommandError",
+    "Surface",
     "render_hint",
 ]

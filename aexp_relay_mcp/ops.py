@@ -15,11 +15,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .config import DEFAULT_OP_TIMEOUT, DEFAULT_WANDB_TIMEOUT
+from .config import DEFAULT_OP_TIMEOUT, DEFAULT_WANDB_DIR, DEFAULT_WANDB_TIMEOUT
 from .errors import RelayValidationError
 from .parsing import (
     RUN_NAME_RE,
     ParsedStatus,
+    UnparseableOutput,
     diff_refs,
     parse_commits,
     parse_head_line,
@@ -48,6 +49,7 @@ from .results import (
     PushResult,
     RebaseResult,
     RepoStatus,
+    WandbRun,
     WandbSyncResult,
 )
 
@@ -131,8 +133,9 @@ class PushArgs(OpArgs):
 class WandbSyncArgs(OpArgs):
     runs: list[str] | None = Field(
         default=None,
-        description="Names of offline-run-* directories under wandb/ to upload. "
-        "Default: every run not yet synced.",
+        description="Names of offline-run-* directories in the wandb directory (the repo's "
+        "wandb/ unless AEXP_RELAY_WANDB_DIR says otherwise) to upload. Default: every run not "
+        "yet synced.",
     )
 
     @field_validator("runs")
@@ -153,6 +156,7 @@ class BuildContext:
 
     repo: str
     wandb_words: tuple[str, ...]
+    wandb_dir: str = DEFAULT_WANDB_DIR
 
 
 Parser = Callable[[ScriptOutput, Any], dict[str, Any]]
@@ -181,13 +185,17 @@ REV_HEAD = ("git", "rev-parse", "-q", "--verify", "HEAD")
 LOG_RANGE = ("git", "log", f"--max-count={100}", "--format=%H%x09%s", Raw('"$o..HEAD"'))
 COUNT_RANGE = ("git", "rev-list", "--count", Raw('"$o..HEAD"'))
 REFS = ("git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/remotes")
+GIT_PRESENT = "command -v git >/dev/null 2>&1 || f git_missing"
+# git must accept the checkout before any other guard runs: a guard that fails silently
+# in a repo git refuses (dubious ownership) would otherwise be read as its own kind.
+REPO_ACCEPTED = guard("not_a_repo", "git", "rev-parse", "--git-dir")
 # Refuse to start on top of someone's half-done rebase, merge, cherry-pick or revert.
+# Safe after REPO_ACCEPTED: --git-path then always answers.
 NO_OP_IN_PROGRESS = (
     "for _p in rebase-merge rebase-apply MERGE_HEAD CHERRY_PICK_HEAD REVERT_HEAD; do "
     '[ ! -e "$(git rev-parse --git-path "$_p")" ] || f operation_in_progress; done'
 )
 SAVE_HEAD = "o=$(git rev-parse -q --verify HEAD </dev/null)"
-GIT_PRESENT = "command -v git >/dev/null 2>&1 || f git_missing"
 
 
 def _seq(*parts: str) -> Script:
@@ -195,17 +203,17 @@ def _seq(*parts: str) -> Script:
 
 
 def _remote_exists(remote: str) -> str:
-    return guard("unknown_remote", "git", "config", "--get", f"remote.{remote}.url")
+    # `git remote get-url` needs the repo, so in a checkout git refuses it says so
+    # (unlike `git config --get`, which then fails silently); "No such remote" otherwise.
+    return guard("unknown_remote", "git", "remote", "get-url", "--", remote)
 
 
 def _state(out: ScriptOutput) -> ParsedStatus:
-    sec = out.section("status")
-    return parse_status_z(sec.stdout if sec else "")
+    return parse_status_z(out.require("status").stdout)
 
 
 def _stdout(out: ScriptOutput, name: str) -> str:
-    sec = out.section(name)
-    return sec.stdout if sec else ""
+    return out.require(name).stdout
 
 
 # --------------------------------------------------------------------------- repo_status
@@ -214,25 +222,33 @@ def _stdout(out: ScriptOutput, name: str) -> str:
 def _build_repo_status(args: NoArgs, ctx: BuildContext) -> Script:
     # The two git processes run side by side (status in the background, the HEAD subject in
     # a command substitution): on a multi-core login node that halves the op's remote time.
-    # Sections stay in order because the status marker is printed after `wait`.
+    # The status step's begin marker is printed before it starts, its end after `wait`.
     return _seq(
         GIT_PRESENT,
+        "b status",
         f"{render_words(STATUS)} </dev/null & _sp=$!",
         f"_h=$({render_words(HEAD_LINE)} </dev/null 2>/dev/null); _hr=$?",
         "wait $_sp; _sr=$?",
-        "m status $_sr",
-        'if [ $_sr -eq 0 ]; then printf "%s" "$_h"; m head $_hr; fi',
+        "e status $_sr",
+        'if [ $_sr -eq 0 ]; then b head; printf "%s" "$_h"; e head $_hr; fi',
         "(exit $_sr)",
     )
 
 
 def _parse_repo_status(out: ScriptOutput, args: NoArgs) -> dict[str, Any]:
     parsed = _state(out)
-    _, subject = parse_head_line(_stdout(out, "head"))
+    subject: str | None = None
+    if parsed.state.head is not None:
+        sha, subject = parse_head_line(_stdout(out, "head"))
+        if sha != parsed.state.head:
+            raise UnparseableOutput(
+                f"HEAD moved while the status ran (git log saw {sha}, git status "
+                f"{parsed.state.head}): a commit landed at the same moment; retry"
+            )
     staged, unstaged, untracked, conflicted = parsed.counts
     return {
         **parsed.state.model_dump(),
-        "head_subject": subject if parsed.state.head else None,
+        "head_subject": subject,
         "clean": not any(parsed.counts),
         "staged": parsed.staged,
         "unstaged": parsed.unstaged,
@@ -251,7 +267,7 @@ def _parse_repo_status(out: ScriptOutput, args: NoArgs) -> dict[str, Any]:
 
 def _build_fetch(args: FetchArgs, ctx: BuildContext) -> Script:
     target: tuple[Word, ...] = ("--all",) if args.remote is None else (args.remote,)
-    parts = [GIT_PRESENT]
+    parts = [GIT_PRESENT, REPO_ACCEPTED]
     if args.remote is not None:
         parts.append(_remote_exists(args.remote))
     fetch = step("fetch", "git", "fetch", "--prune", "--progress", *target)
@@ -275,15 +291,23 @@ def _parse_fetch(out: ScriptOutput, args: FetchArgs) -> dict[str, Any]:
 
 
 def _history(out: ScriptOutput, args: NoArgs) -> dict[str, Any]:
-    old = parse_sha(_stdout(out, "old"))
+    old_text = _stdout(out, "old").strip()
+    old = parse_sha(old_text) if old_text else None  # empty: an unborn branch
+    if old_text and old is None:
+        raise UnparseableOutput(f"HEAD before the op is not a commit id: {old_text[:80]!r}")
     new = parse_sha(_stdout(out, "new"))
-    count = _stdout(out, "count").strip()
+    if new is None:
+        raise UnparseableOutput("HEAD after the op is not a commit id")
+    moved = old != new
+    count = _stdout(out, "count").strip() if moved and old else "0"
+    if not count.isdigit():
+        raise UnparseableOutput(f"the commit count is not a number: {count[:80]!r}")
     return {
         "old_head": old,
         "new_head": new,
-        "up_to_date": old == new,
-        "commits": parse_commits(_stdout(out, "log")) if old != new else [],
-        "commit_count": int(count) if count.isdigit() and old != new else 0,
+        "up_to_date": not moved,
+        "commits": parse_commits(_stdout(out, "log")) if moved and old else [],
+        "commit_count": int(count),
         "after": _state(out).state,
     }
 
@@ -300,6 +324,7 @@ def _build_pull(args: NoArgs, ctx: BuildContext) -> Script:
     pull = step("pull", "git", "pull", "--ff-only", "--no-rebase", "--no-autostash", "--progress")
     return _seq(
         GIT_PRESENT,
+        REPO_ACCEPTED,
         NO_OP_IN_PROGRESS,
         SAVE_HEAD,
         f"{step('old', *REV_HEAD)}; {pull} && {_after_history()}",
@@ -321,6 +346,7 @@ def _build_rebase(args: NoArgs, ctx: BuildContext) -> Script:
     )
     return _seq(
         GIT_PRESENT,
+        REPO_ACCEPTED,
         NO_OP_IN_PROGRESS,
         SAVE_HEAD,
         f"{step('old', *REV_HEAD)}; {pull}",
@@ -342,6 +368,7 @@ def _push_refspec(branch: str) -> str:
 def _build_push(args: PushArgs, ctx: BuildContext) -> Script:
     return _seq(
         GIT_PRESENT,
+        REPO_ACCEPTED,
         _remote_exists(args.remote),
         step(
             "push",
@@ -357,22 +384,24 @@ def _build_push(args: PushArgs, ctx: BuildContext) -> Script:
 
 def _parse_push(out: ScriptOutput, args: PushArgs) -> dict[str, Any]:
     refs = parse_push_porcelain(_stdout(out, "push"))
+    if not refs:
+        raise UnparseableOutput("git push --porcelain reported no ref")
     return {
         "remote": args.remote,
         "refs": refs,
-        "up_to_date": bool(refs) and all(r.status == "up_to_date" for r in refs),
+        "up_to_date": all(r.status == "up_to_date" for r in refs),
     }
 
 
 # --------------------------------------------------------------------------- wandb
 
-# Lists wandb/offline-run-* as "<name>\t<KiB>\t<synced 0|1>"; a run is synced when
-# its directory holds a *.synced marker (what `wandb sync` writes).
+# Lists <dir>/offline-run-* as "<name>\t<KiB>\t<synced 0|1>". A run counts as synced when
+# run-<id>.wandb.synced sits next to run-<id>.wandb, which is what `wandb sync` writes.
 LIST_RUNS = (
-    'for d in wandb/offline-run-*; do [ -d "$d" ] || continue; '
-    'set -- "$d"/*.synced; if [ -e "$1" ]; then y=1; else y=0; fi; '
+    'for d in "$1"/offline-run-*; do [ -d "$d" ] || continue; n=${d##*/}; i=${n##*-}; '
+    'if [ -e "$d/run-$i.wandb.synced" ]; then y=1; else y=0; fi; '
     'k=$(du -sk -- "$d" 2>/dev/null | cut -f1); '
-    'printf "%s\\t%s\\t%s\\n" "${d#wandb/}" "${k:-0}" "$y"; done'
+    'printf "%s\\t%s\\t%s\\n" "$n" "${k:-0}" "$y"; done'
 )
 
 
@@ -386,16 +415,21 @@ def wandb_words(command: str) -> tuple[str, ...]:
     return words
 
 
-def _wandb_word(word: str, index: int) -> Word:
-    # The program path may start with ~/ and must expand on the login node.
-    return Raw(quote_repo(word)) if index == 0 and word.startswith("~/") else word
+def _home_word(word: str) -> Word:
+    # A path starting with ~/ must expand on the login node: everything after it is quoted.
+    return Raw(quote_repo(word)) if word == "~" or word.startswith("~/") else word
+
+
+def run_path(ctx: BuildContext, run: str) -> str:
+    """Where a run lives, as the login node sees it (relative to the repo, absolute or ~/)."""
+    return f"{ctx.wandb_dir.rstrip('/')}/{run}"
 
 
 def wandb_sync_argv(ctx: BuildContext, runs: list[str]) -> list[Word]:
     return [
-        *(_wandb_word(w, i) for i, w in enumerate(ctx.wandb_words)),
+        *(_home_word(w) if i == 0 else w for i, w in enumerate(ctx.wandb_words)),
         "sync",
-        *(f"wandb/{r}" for r in runs),
+        *(_home_word(run_path(ctx, r)) for r in runs),
     ]
 
 
@@ -404,33 +438,46 @@ def display_wandb_command(ctx: BuildContext, runs: list[str]) -> str:
 
 
 def _wandb_probe(ctx: BuildContext) -> str:
-    prog = _wandb_word(ctx.wandb_words[0], 0)
-    return (
-        f"if command -v {render_words([prog])} >/dev/null 2>&1; then m wandb 0; else m wandb 1; fi"
-    )
+    prog = render_words([_home_word(ctx.wandb_words[0])])
+    return f"b wandb; command -v {prog} >/dev/null 2>&1; e wandb $?"
 
 
 def build_wandb_preview(args: WandbSyncArgs, ctx: BuildContext) -> Script:
-    return _seq(step("runs", "sh", "-c", LIST_RUNS), _wandb_probe(ctx))
+    directory = render_words([_home_word(ctx.wandb_dir)])
+    return _seq(
+        f"b wandb_dir; [ -d {directory} ]; e wandb_dir $?",
+        step("runs", "sh", "-c", LIST_RUNS, "sh", _home_word(ctx.wandb_dir)),
+        _wandb_probe(ctx),
+    )
 
 
-def parse_wandb_preview(
-    out: ScriptOutput, args: WandbSyncArgs, ctx: BuildContext
-) -> tuple[list[Any], int, bool]:
+@dataclass(frozen=True)
+class WandbListing:
+    wanted: list[WandbRun]
+    all_runs: int
+    wandb_available: bool
+    dir_exists: bool
+
+
+def parse_wandb_preview(out: ScriptOutput, args: WandbSyncArgs) -> WandbListing:
     listed = parse_wandb_runs(_stdout(out, "runs"))
     wanted = (
         [r for r in listed if not r.synced]
         if args.runs is None
         else [r for r in listed if r.name in set(args.runs)]
     )
-    probe = out.section("wandb")
-    return wanted, len(listed), probe is not None and probe.exit_code == 0
+    return WandbListing(
+        wanted=wanted,
+        all_runs=len(listed),
+        wandb_available=out.require("wandb").exit_code == 0,
+        dir_exists=out.require("wandb_dir").exit_code == 0,
+    )
 
 
 def _build_wandb_sync(args: WandbSyncArgs, ctx: BuildContext) -> Script:
     runs = args.runs or []
-    checks = [guard("run_not_found", "test", "-d", f"wandb/{r}") for r in runs]
-    prog = render_words([_wandb_word(ctx.wandb_words[0], 0)])
+    checks = [guard("run_not_found", "test", "-d", _home_word(run_path(ctx, r))) for r in runs]
+    prog = render_words([_home_word(ctx.wandb_words[0])])
     return _seq(
         *checks,
         f"command -v {prog} >/dev/null 2>&1 || f wandb_missing",
@@ -439,9 +486,8 @@ def _build_wandb_sync(args: WandbSyncArgs, ctx: BuildContext) -> Script:
 
 
 def _parse_wandb_sync(out: ScriptOutput, args: WandbSyncArgs) -> dict[str, Any]:
-    sec = out.section("sync")
-    text = (sec.stdout + sec.stderr) if sec else ""
-    return {"synced": list(args.runs or []), "output_tail": tail(text, 10)}
+    sec = out.require("sync")
+    return {"synced": list(args.runs or []), "output_tail": tail(sec.stdout + sec.stderr, 10)}
 
 
 # --------------------------------------------------------------------------- connection check
@@ -488,7 +534,8 @@ OPS: dict[str, OpSpec] = {
             consent=False,
             default_timeout=DEFAULT_OP_TIMEOUT,
             commands=(
-                "git config --get remote.<remote>.url  (when a remote is named)",
+                "git rev-parse --git-dir",
+                "git remote get-url -- <remote>  (when a remote is named)",
                 "git for-each-ref refs/remotes",
                 "git fetch --prune --progress (--all | <remote>)",
                 "git for-each-ref refs/remotes",
@@ -507,6 +554,7 @@ OPS: dict[str, OpSpec] = {
             consent=False,
             default_timeout=DEFAULT_OP_TIMEOUT,
             commands=(
+                "git rev-parse --git-dir",
                 "git pull --ff-only --no-rebase --no-autostash --progress",
                 "git log --format=%H%x09%s <old>..HEAD",
                 "git --no-optional-locks status --porcelain=v2 --branch -z",
@@ -524,6 +572,7 @@ OPS: dict[str, OpSpec] = {
             consent=False,
             default_timeout=DEFAULT_OP_TIMEOUT,
             commands=(
+                "git rev-parse --git-dir",
                 "git pull --rebase --no-autostash --progress",
                 "on conflict: git diff --name-only --diff-filter=U -z; git rebase --abort",
                 "git log --format=%H%x09%s <old>..HEAD",
@@ -542,7 +591,8 @@ OPS: dict[str, OpSpec] = {
             consent=False,
             default_timeout=DEFAULT_OP_TIMEOUT,
             commands=(
-                "git config --get remote.<remote>.url",
+                "git rev-parse --git-dir",
+                "git remote get-url -- <remote>",
                 "git push --porcelain --progress <remote> (HEAD | refs/heads/<b>:refs/heads/<b>)",
             ),
             build=_build_push,
@@ -551,15 +601,16 @@ OPS: dict[str, OpSpec] = {
         ),
         OpSpec(
             name="wandb_sync",
-            summary="Upload offline wandb runs from the repo's wandb/ directory. Consent op: "
+            summary="Upload offline wandb runs (from the repo's wandb/, or AEXP_RELAY_WANDB_DIR). "
+            "Consent op: "
             "without approval nothing is uploaded and a preview is returned.",
             args_model=WandbSyncArgs,
             mutating=True,
             consent=True,
             default_timeout=DEFAULT_WANDB_TIMEOUT,
             commands=(
-                "preview: list wandb/offline-run-* with du -sk and their *.synced markers",
-                "<wandb> sync wandb/<run> ...",
+                "preview: list <wandb dir>/offline-run-* with du -sk and run-<id>.wandb.synced",
+                "<wandb> sync <wandb dir>/<run> ...",
             ),
             build=_build_wandb_sync,
             parse=_parse_wandb_sync,
@@ -567,6 +618,16 @@ OPS: dict[str, OpSpec] = {
         ),
     )
 }
+
+
+COMMON_ARGUMENTS = ("ssh_host", "remote_repo", "timeout")
+
+
+def op_arguments(op: str) -> list[str]:
+    """Every argument a call of op accepts (``status`` included), in library names."""
+    spec = OPS.get(op)
+    fields = list(spec.args_model.model_fields) if spec else []
+    return [*fields, *(["approve"] if spec and spec.consent else []), *COMMON_ARGUMENTS]
 
 
 def validate_request(op: str, args: Mapping[str, Any] | None = None) -> tuple[OpSpec, OpArgs]:
@@ -579,17 +640,24 @@ def validate_request(op: str, args: Mapping[str, Any] | None = None) -> tuple[Op
         )
     if args is not None and not isinstance(args, Mapping):
         raise RelayValidationError(
-            f"Arguments for {op} must be a mapping, not {type(args).__name__}.",
-            hint="Pass a dict of the op's arguments.",
+            f"Arguments must be a mapping, not {type(args).__name__}.",
+            hint=f"{{op:{op}}} accepts: {{args:{op}}}.",
+            op=op,
         )
     try:
         return spec, spec.args_model.model_validate(dict(args or {}))
     except ValidationError as exc:
-        allowed = ", ".join(spec.args_model.model_fields) or "none"
-        raise RelayValidationError(
-            f"Invalid arguments for {op}: {describe_validation_error(exc)}.",
-            hint=f"Arguments {op} accepts: {allowed}.",
-        ) from None
+        raise invalid_arguments(op, exc) from None
+
+
+def invalid_arguments(op: str, exc: ValidationError) -> RelayValidationError:
+    """The one shape of an argument error, for the registry and the tool schemas alike."""
+    return RelayValidationError(
+        f"Invalid arguments: {describe_validation_error(exc)}.",
+        hint=f"{{op:{op}}} accepts: {{args:{op}}}. Types are strict: booleans are true/false, "
+        "numbers are numbers, lists are JSON arrays.",
+        op=op,
+    )
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -14,6 +14,12 @@ COMMIT_CAP = 100
 STDERR_TAIL_LINES = 20
 STDERR_TAIL_CHARS = 4000
 
+
+class UnparseableOutput(Exception):
+    """Remote output did not have the shape a parser needs. Never papered over with a
+    guess: the client reports kind ``unparseable_output`` with the raw tail."""
+
+
 _CREDENTIALS_IN_URL = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/\s@]+@", re.IGNORECASE)
 
 
@@ -287,7 +293,7 @@ GIT_FAILURES: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
         "not_a_repo",
         ("not a git repository",),
         "The path on the login node is not a git checkout.",
-        "Point remote_repo / AEXP_RELAY_REMOTE_REPO at the top directory of the clone.",
+        "Point {arg:remote_repo} / AEXP_RELAY_REMOTE_REPO at the top directory of the clone.",
     ),
     (
         "locked",
@@ -395,13 +401,17 @@ GIT_FAILURES: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
 
 # Failures reported by the remote script's own guards (remote.guard / f).
 GUARD_FAILURES: dict[str, tuple[str, str]] = {
+    "not_a_repo": (
+        "The path on the login node is not a git checkout.",
+        "Point {arg:remote_repo} / AEXP_RELAY_REMOTE_REPO at the top directory of the clone.",
+    ),
     "repo_missing": (
         "The repo path does not exist on the login node.",
-        "Check remote_repo / AEXP_RELAY_REMOTE_REPO; {op:status} shows what the host sees.",
+        "Check {arg:remote_repo} / AEXP_RELAY_REMOTE_REPO; {op:status} shows what the host sees.",
     ),
     "repo_not_dir": (
         "The repo path on the login node is a file, not a directory.",
-        "Point remote_repo / AEXP_RELAY_REMOTE_REPO at the clone's directory.",
+        "Point {arg:remote_repo} / AEXP_RELAY_REMOTE_REPO at the clone's directory.",
     ),
     "repo_inaccessible": (
         "The repo directory on the login node cannot be entered (permission denied).",
@@ -415,11 +425,13 @@ GUARD_FAILURES: dict[str, tuple[str, str]] = {
     ),
     "unknown_remote": (
         "No remote by that name is configured in the repo.",
-        "Omit remote to use origin (or all remotes for {op:fetch}), or pass a configured remote.",
+        "Omit {arg:remote} to use origin (or all remotes for {op:fetch}), or pass a configured "
+        "remote; `git remote -v` on the login node lists them.",
     ),
     "run_not_found": (
-        "A requested run is not a directory under wandb/ in the repo.",
-        "Call {op:wandb_sync} without runs to see the unsynced offline runs.",
+        "A requested run is not a directory in the wandb directory (the repo's wandb/, or "
+        "AEXP_RELAY_WANDB_DIR).",
+        "Call {op:wandb_sync} without {arg:runs} to see the unsynced offline runs.",
     ),
     "wandb_missing": (
         "The wandb command was not found on the login node.",
@@ -456,6 +468,21 @@ def classify_git_failure(stderr: str, exit_code: int) -> Failure:
         f"The command failed on the login node with exit code {exit_code}.",
         "Read stderr_tail for git's own message. {op:repo_status} shows the checkout's state.",
     )
+
+
+# git refusing the whole checkout: this wins over whichever guard tripped on it.
+REPO_REFUSALS = ("dubious_ownership", "not_a_repo", "git_too_old", "git_missing")
+
+
+def classify_guard_failure(kind: str, git_said: str) -> Failure:
+    """A guard stopped the script. Classify by what git said, not by which guard failed:
+    in a checkout git refuses, ``git remote get-url`` fails too, and that is not
+    ``unknown_remote``."""
+    if git_said.strip():
+        said = classify_git_failure(git_said, 1)
+        if said.kind in REPO_REFUSALS:
+            return said
+    return guard_failure(kind)
 
 
 def guard_failure(kind: str) -> Failure:
@@ -506,7 +533,13 @@ SSH_FAILURES: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
     ),
     (
         "connection_dropped",
-        ("closed by remote host", "Connection reset", "Broken pipe", "Connection closed by"),
+        (
+            "closed by remote host",
+            "Connection reset",
+            "Broken pipe",
+            "Connection closed by",
+            "ControlMaster) closed before the command finished",
+        ),
         "The ssh connection dropped before the command finished.",
         "Retry; {op:repo_status} shows whether anything changed. If it keeps dropping, run "
         "with AEXP_RELAY_SSH_VERBOSE=1 and read the ssh log.",

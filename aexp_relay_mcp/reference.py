@@ -18,7 +18,7 @@ OTHER_KINDS: tuple[tuple[str, str, str, str], ...] = (
         "The message says what is allowed.",
     ),
     (
-        "ConsentRequiredError",
+        "ConsentError",
         "consent_required",
         "wandb_sync without approval. Nothing was uploaded; `preview` lists runs, sizes, command.",
         "Show the preview to the user; only with their yes, call again with approve=true.",
@@ -40,6 +40,33 @@ OTHER_KINDS: tuple[tuple[str, str, str, str], ...] = (
         "killed",
         "The remote command was stopped before it reported its status.",
         "Run `repo_status` to see the checkout's state, then retry.",
+    ),
+    (
+        "RemoteCommandError",
+        "unparseable_output",
+        "The command finished, but its output did not have the expected shape; nothing is "
+        "reported as a result (never a guess). `stderr_tail` has the raw tail.",
+        "Run `repo_status` to see the state, and `status` to see whether the login shell prints.",
+    ),
+    (
+        "ConsentError",
+        "consent_declined",
+        "Elicit mode: the user declined the upload. Nothing was uploaded.",
+        "Do not retry unless the user asks for it.",
+    ),
+    (
+        "ConsentError",
+        "consent_cancelled",
+        "Elicit mode: the question was dismissed, or nobody could answer (a non-interactive "
+        "client answers cancel). Nothing was uploaded.",
+        "Ask the user in the conversation; they can upload with `wandb-sync --approve`.",
+    ),
+    (
+        "ConsentError",
+        "consent_unavailable",
+        "Elicit mode: the client cannot show a question (no MCP elicitation). Nothing was "
+        "uploaded.",
+        "Ask the user; or set AEXP_RELAY_CONSENT=agent so that approve from the agent is enough.",
     ),
     (
         "RemoteCommandError",

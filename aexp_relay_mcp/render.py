@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from .errors import OpNamer, RelayError, render_hint
+from .errors import RelayError, Surface
 from .parsing import human_size
 from .results import (
     BranchState,
@@ -123,7 +123,10 @@ def render_push(r: PushResult, s: Style) -> str:
 
 
 def render_preview(p: WandbPreview, s: Style) -> str:
-    lines = [f"Would upload {len(p.runs)} offline run(s), {human_size(p.total_bytes)}:"]
+    lines = [
+        f"Would upload {len(p.runs)} offline run(s), {human_size(p.total_bytes)}, from "
+        f"{p.wandb_dir}:"
+    ]
     lines += [f"  {run.name}  {human_size(run.size_bytes)}" for run in p.runs]
     lines.append(f"Command on the login node: {p.command}")
     if not p.wandb_available:
@@ -155,6 +158,16 @@ def render_status(r: ConnectionStatus, s: Style) -> str:
         parts.append(f"shared connection: live, {r.shared_connection_age_s or 0:.0f}s old")
     else:
         parts.append("shared connection: none (each call logs in)")
+    shell = "login shell: "
+    shell += (
+        f"starts in {r.login_shell_ms:.0f} ms"
+        if r.login_shell_ms is not None
+        else "start-up not measured"
+    )
+    shell += f", prints on {r.login_shell_output}" if r.login_shell_output else ", prints nothing"
+    parts.append(shell)
+    for warning in r.warnings:
+        parts.append(s.bad("warning: ") + warning)
     if r.problem:
         parts.append(s.bad(f"problem: {r.problem}") + f"\n{r.hint}")
     return "\n".join(parts)
@@ -178,10 +191,11 @@ def render_result(result: BaseModel, s: Style) -> str:
     return result.model_dump_json(indent=2)
 
 
-def render_error(exc: RelayError, namer: OpNamer, s: Style) -> str:
-    lines = [f"{s.bad('error')} [{exc.kind}]: {exc.message}"]
+def render_error(exc: RelayError, surface: Surface, s: Style) -> str:
+    who = f"{surface.op_label(exc.op)}: " if exc.op else ""
+    lines = [f"{who}{s.bad('error')} [{exc.kind}]: {exc.message}"]
     if exc.hint_template:
-        lines.append(f"hint: {render_hint(exc.hint_template, namer)}")
+        lines.append(f"hint: {surface.render(exc.hint_template)}")
     files = exc.details.get("conflicted_files")
     if files:
         lines.append("conflicted files: " + ", ".join(files))

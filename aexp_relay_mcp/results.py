@@ -98,7 +98,7 @@ class PushResult(OpResult):
 
 
 class WandbRun(_Frozen):
-    name: str = Field(description="The offline-run-* directory name under wandb/.")
+    name: str = Field(description="The offline-run-* directory name in the wandb directory.")
     size_bytes: int
     synced: bool
 
@@ -113,6 +113,10 @@ class WandbPreview(_Frozen):
     wandb_available: bool = Field(
         description="Whether the wandb command was found on the login node."
     )
+    wandb_dir: str = Field(
+        description="Where the runs were looked for (relative to the repo, or absolute)."
+    )
+    wandb_dir_exists: bool = Field(description="Whether that directory exists.")
 
 
 class WandbSyncResult(OpResult):
@@ -139,6 +143,21 @@ class ConnectionStatus(_Frozen):
     )
     shared_connection_age_s: float | None = Field(description="Age of the shared connection.")
     control_path: str | None = Field(description="The ControlPath socket used for the host.")
+    login_shell_output: str | None = Field(
+        description="Where the login shell prints before every command: stdout, stderr or "
+        "both; None when it prints nothing (or the host is unreachable)."
+    )
+    login_shell_first_line: str | None = Field(
+        description="The first line it prints, cut short; None when it prints nothing."
+    )
+    login_shell_ms: float | None = Field(
+        description="How long the login shell takes to start, in ms: a shell-starting call "
+        "minus a call that starts no shell (medians). None when it could not be measured."
+    )
+    warnings: list[str] = Field(
+        description="What works but costs (a login shell that prints, or is slow), each with "
+        "what to change."
+    )
     problem: str | None = Field(description="Error kind when something is wrong, else None.")
     hint: str = Field(description="What to do next; empty when all is well.")
     request_id: str

@@ -29,7 +29,8 @@ from typing import Protocol
 
 import anyio
 
-KILL_GRACE_S = 0.5
+# ssh ends on SIGTERM at once; the grace only matters for a child that ignores it.
+KILL_GRACE_S = 0.2
 # After the child exits, how long to keep reading pipes that a stray grandchild
 # may still hold open (a ControlMaster, a ProxyCommand) before closing them.
 PIPE_DRAIN_S = 0.3
@@ -108,6 +109,9 @@ class CappedBuffer:
         return self.value().decode("utf-8", errors="backslashreplace")
 
 
+Abort = Callable[[], None]
+
+
 class Runner(Protocol):
     async def __call__(
         self,
@@ -117,16 +121,8 @@ class Runner(Protocol):
         output_cap: int,
         env: Mapping[str, str] | None = None,
         on_stderr: Callable[[bytes], None] | None = None,
+        on_start: Callable[[Abort], None] | None = None,
     ) -> ProcessResult: ...
-
-
-# Process groups of children still running, for a last-resort kill at shutdown.
-LIVE_GROUPS: set[int] = set()
-
-
-def kill_live_groups(sig: int = signal.SIGKILL) -> int:
-    """Signal every child group this process still has running; returns how many."""
-    return sum(kill_group(pgid, sig) for pgid in list(LIVE_GROUPS))
 
 
 def kill_group(pid: int, sig: int) -> bool:
@@ -156,6 +152,49 @@ async def _pump(fd: int, buf: CappedBuffer, on_chunk: Callable[[bytes], None] | 
         transport.close()
 
 
+class OutputCollector:
+    """Reads a command's stdout and stderr pipes into capped buffers, as they arrive.
+
+    Shared by the process runner and the native ControlMaster client (``mux.py``).
+    """
+
+    def __init__(
+        self, out_fd: int, err_fd: int, cap: int, on_stderr: Callable[[bytes], None] | None
+    ) -> None:
+        self.out, self.err = CappedBuffer(cap), CappedBuffer(cap)
+        self.pumps = [
+            asyncio.ensure_future(_pump(out_fd, self.out, None)),
+            asyncio.ensure_future(_pump(err_fd, self.err, on_stderr)),
+        ]
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait up to timeout for both streams to end; True if they did."""
+        _, pending = await asyncio.wait(self.pumps, timeout=timeout)
+        return not pending
+
+    async def stop(self) -> None:
+        for task in self.pumps:
+            task.cancel()
+        await asyncio.gather(*self.pumps, return_exceptions=True)
+
+    def note(self, line: str) -> None:
+        """Add a line of our own to stderr (e.g. why a shared connection ended)."""
+        self.err.feed(f"\n{line}\n".encode())
+
+    def result(self, argv: Sequence[str], exit_code: int | None, started: float) -> ProcessResult:
+        return ProcessResult(
+            argv=tuple(argv),
+            exit_code=exit_code,
+            stdout=self.out.text(),
+            stderr=self.err.text(),
+            stdout_truncated=self.out.truncated,
+            stderr_truncated=self.err.truncated,
+            stdout_bytes=self.out.total,
+            stderr_bytes=self.err.total,
+            duration_s=time.monotonic() - started,
+        )
+
+
 async def run_process(
     argv: Sequence[str],
     *,
@@ -163,8 +202,13 @@ async def run_process(
     output_cap: int,
     env: Mapping[str, str] | None = None,
     on_stderr: Callable[[bytes], None] | None = None,
+    on_start: Callable[[Abort], None] | None = None,
 ) -> ProcessResult:
-    """Run argv to completion, timeout or cancellation. See the module docstring."""
+    """Run argv to completion, timeout or cancellation. See the module docstring.
+
+    ``on_start(abort)`` hands the caller a synchronous abort (SIGKILL to the child's
+    whole group), for a shutdown that cannot wait for this coroutine.
+    """
     if not timeout > 0:
         raise ValueError("timeout must be positive")
     out_r, out_w = os.pipe()
@@ -185,35 +229,21 @@ async def run_process(
         raise
     os.close(out_w)
     os.close(err_w)
-    LIVE_GROUPS.add(proc.pid)
-    out_buf, err_buf = CappedBuffer(output_cap), CappedBuffer(output_cap)
-    pumps = [
-        asyncio.ensure_future(_pump(out_r, out_buf, None)),
-        asyncio.ensure_future(_pump(err_r, err_buf, on_stderr)),
-    ]
+    collector = OutputCollector(out_r, err_r, output_cap, on_stderr)
+    if on_start is not None:
 
-    def result() -> ProcessResult:
-        return ProcessResult(
-            argv=tuple(argv),
-            exit_code=proc.returncode,
-            stdout=out_buf.text(),
-            stderr=err_buf.text(),
-            stdout_truncated=out_buf.truncated,
-            stderr_truncated=err_buf.truncated,
-            stdout_bytes=out_buf.total,
-            stderr_bytes=err_buf.total,
-            duration_s=time.monotonic() - started,
-        )
+        def abort() -> None:
+            kill_group(proc.pid, signal.SIGKILL)
 
-    try:
-        return await _supervise(proc, pumps, timeout, result)
-    finally:
-        LIVE_GROUPS.discard(proc.pid)
+        on_start(abort)
+    return await _supervise(
+        proc, collector, timeout, lambda: collector.result(argv, proc.returncode, started)
+    )
 
 
 async def _supervise(
     proc: asyncio.subprocess.Process,
-    pumps: Sequence[asyncio.Future[None]],
+    collector: OutputCollector,
     timeout: float,
     result: Callable[[], ProcessResult],
 ) -> ProcessResult:
@@ -221,14 +251,14 @@ async def _supervise(
         try:
             await asyncio.wait_for(proc.wait(), timeout)
         except asyncio.TimeoutError:
-            await _stop(proc, pumps)
+            await _stop(proc, collector)
             raise ProcessTimeout(result(), timeout) from None
-        await _drain(proc, pumps)
+        await _drain(proc, collector)
         return result()
     except asyncio.CancelledError:
         # Shield the cleanup: the group must die and the child be reaped even
         # though our caller is going away.
-        cleanup = asyncio.ensure_future(_stop(proc, pumps))
+        cleanup = asyncio.ensure_future(_stop(proc, collector))
         with anyio.CancelScope(shield=True):
             while not cleanup.done():
                 with contextlib.suppress(asyncio.CancelledError):
@@ -236,18 +266,15 @@ async def _supervise(
         raise
 
 
-async def _drain(proc: asyncio.subprocess.Process, pumps: Sequence[asyncio.Future[None]]) -> None:
-    _, pending = await asyncio.wait(pumps, timeout=PIPE_DRAIN_S)
-    if pending:
+async def _drain(proc: asyncio.subprocess.Process, collector: OutputCollector) -> None:
+    if not await collector.drain(PIPE_DRAIN_S):
         # Something in the child's group still holds our pipes: end it.
         kill_group(proc.pid, signal.SIGKILL)
-        _, pending = await asyncio.wait(pending, timeout=PIPE_DRAIN_S)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        if not await collector.drain(PIPE_DRAIN_S):
+            await collector.stop()
 
 
-async def _stop(proc: asyncio.subprocess.Process, pumps: Sequence[asyncio.Future[None]]) -> None:
+async def _stop(proc: asyncio.subprocess.Process, collector: OutputCollector) -> None:
     if proc.returncode is None:
         kill_group(proc.pid, signal.SIGTERM)
         try:
@@ -257,4 +284,4 @@ async def _stop(proc: asyncio.subprocess.Process, pumps: Sequence[asyncio.Future
             await proc.wait()
     # The leader may be gone while others in its group live on.
     kill_group(proc.pid, signal.SIGKILL)
-    await _drain(proc, pumps)
+    await _drain(proc, collector)

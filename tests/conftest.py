@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from aexp_relay_mcp import RelayClient
-from aexp_relay_mcp.sandbox import Sandbox, process_table, sshd_available
+from aexp_relay_mcp.procs import process_table
+from aexp_relay_mcp.sandbox import Sandbox, sshd_available
 
 REQUIRE_SSHD = os.environ.get("AEXP_RELAY_REQUIRE_SSHD") == "1"
 

@@ -16,7 +16,6 @@ from aexp_relay_mcp.ops import OPS, BuildContext, build_check
 from aexp_relay_mcp.remote import (
     Script,
     build_remote_command,
-    build_script,
     build_ssh_argv,
     parse_script_output,
     quote,
@@ -29,6 +28,11 @@ from aexp_relay_mcp.remote import (
 NONCE = "0123456789abcdef"
 # Anything a shell word can hold: everything but NUL.
 shell_text = st.text(st.characters(blacklist_characters="\0", codec="utf-8"), max_size=60)
+
+
+def login_node_command(body: Script, repo: str = "/") -> str:
+    """What the login node runs for body: the start marker, then the bounded script."""
+    return build_remote_command(body, repo, NONCE, timeout=30, grace=1)
 
 
 def run_sh(command: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
@@ -46,8 +50,7 @@ def test_quote_makes_sh_see_exactly_the_word(word: str) -> None:
 @given(st.lists(shell_text, min_size=1, max_size=5))
 def test_a_step_passes_sh_exactly_the_intended_argv(argv: list[str]) -> None:
     body = Script(step("echo", "printf", "%s\\0", *argv))
-    script = build_script(body, "/", NONCE)
-    proc = run_sh(script)
+    proc = run_sh(login_node_command(body))
     out = parse_script_output(proc.stdout.decode(), proc.stderr.decode(), NONCE)
     assert out.exit_code == 0
     section = out.section("echo")
@@ -100,7 +103,7 @@ def test_the_remote_environment_disables_prompts_and_pins_the_locale() -> None:
             'printf "%s|%s|%s" "$GIT_TERMINAL_PROMPT" "$GIT_SSH_COMMAND" "$LC_ALL"',
         )
     )
-    proc = run_sh(build_script(body, "/", NONCE))
+    proc = run_sh(login_node_command(body))
     out = parse_script_output(proc.stdout.decode(), proc.stderr.decode(), NONCE)
     section = out.section("env")
     assert section is not None
@@ -108,7 +111,7 @@ def test_the_remote_environment_disables_prompts_and_pins_the_locale() -> None:
 
 
 def test_missing_repo_is_reported_by_kind_not_by_shell_wording() -> None:
-    proc = run_sh(build_script(Script("true"), "/nonexistent/aexp", NONCE))
+    proc = run_sh(login_node_command(Script("true"), "/nonexistent/aexp"))
     out = parse_script_output(proc.stdout.decode(), proc.stderr.decode(), NONCE)
     assert (out.kind, out.exit_code) == ("repo_missing", 3)
 

@@ -174,7 +174,8 @@ async def test_elicit_mode_declined_uploads_nothing_even_with_approve(sandbox: S
 async def test_elicit_mode_fails_closed_when_the_client_cannot_elicit(sandbox: Sandbox) -> None:
     async with mcp_session(sandbox, {"AEXP_RELAY_CONSENT": "elicit"}) as s:
         err = data(await s.call_tool("airgapped_wandb_sync", {"approve": True}))
-    assert err["kind"] == "consent_required" and "elicitation" in err["message"]
+    assert err["kind"] == "consent_unavailable" and "elicitation" in err["message"]
+    assert "approve=true" in err["hint"]
     assert not sandbox.wandb_log.exists()
 
 

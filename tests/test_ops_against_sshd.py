@@ -89,17 +89,12 @@ async def test_repo_path_with_spaces_and_quotes_is_entered_literally(
 
 
 async def test_tilde_repo_path_expands_on_the_remote(client: RelayClient, sandbox: Sandbox) -> None:
-    home_clone = os.path.join(sandbox.user.home, f"aexp-test-{os.getpid()}")
-    sandbox.git(sandbox.remote_dir, "clone", "-q", str(sandbox.origin), home_clone)
-    try:
-        result = await client.request(
-            "repo_status", remote_repo="~/" + os.path.basename(home_clone)
-        )
-        assert isinstance(result, RepoStatus) and result.branch == "main"
-    finally:
-        import shutil
-
-        shutil.rmtree(home_clone, ignore_errors=True)
+    # The login node's home is the sandbox's own (sshd sets HOME for the session).
+    sandbox.git(
+        sandbox.remote_dir, "clone", "-q", str(sandbox.origin), str(sandbox.account.home / "exp")
+    )
+    result = await client.request("repo_status", remote_repo="~/exp")
+    assert isinstance(result, RepoStatus) and result.branch == "main"
 
 
 async def test_missing_repo_fails_with_repo_missing(client: RelayClient, sandbox: Sandbox) -> None:
@@ -456,7 +451,7 @@ async def test_ssh_failures_are_classified_and_never_bypassed(
 # ------------------------------------------------------------------ audit
 
 
-async def test_audit_log_records_every_request_with_mode_0600(
+async def test_audit_log_writes_started_before_ssh_then_one_final_line_with_mode_0600(
     client: RelayClient, sandbox: Sandbox
 ) -> None:
     await client.request("repo_status")
@@ -465,9 +460,14 @@ async def test_audit_log_records_every_request_with_mode_0600(
     with pytest.raises(Exception):  # noqa: B017 - any validation error
         await client.request("push", {"branch": "--force"})
     lines = audit_lines(sandbox)
-    assert [line["outcome"] for line in lines] == ["ok", "failed", "rejected"]
-    assert lines[1]["kind"] == "repo_missing"
+    assert [line["outcome"] for line in lines] == ["started", "ok", "started", "failed", "rejected"]
+    # A call that reached ssh: the same request_id on its started and final lines.
+    assert lines[0]["request_id"] == lines[1]["request_id"] != lines[2]["request_id"]
+    assert lines[2]["request_id"] == lines[3]["request_id"]
+    assert lines[3]["kind"] == "repo_missing"
     assert {"time", "request_id", "op", "args", "host", "repo", "approved", "exit_code"} <= set(
-        lines[0]
+        lines[1]
     )
+    assert all(line["pid"] == os.getpid() and line["surface"] == "library" for line in lines)
+    assert lines[1]["via"] == "mux" and lines[1]["multiplexed"] is True
     assert stat.S_IMODE(os.stat(sandbox.audit_log).st_mode) == 0o600

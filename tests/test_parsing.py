@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from aexp_relay_mcp.audit import AuditLog
-from aexp_relay_mcp.errors import RemoteCommandError, render_hint
+from aexp_relay_mcp.errors import RemoteCommandError, Surface, render_hint
 from aexp_relay_mcp.parsing import (
     classify_git_failure,
     classify_ssh_failure,
@@ -154,14 +154,32 @@ def test_git_failures_are_classified_with_a_hint(stderr: str, kind: str) -> None
     assert failure.kind == kind and failure.hint
 
 
+MCP_LIKE = Surface("mcp", "tool", lambda op: f"airgapped_{op}", lambda arg: arg)
+CLI_LIKE = Surface("cli", "command", lambda op: f"aexp-relay-mcp {op}", lambda arg: f"--{arg}")
+
+
 def test_hints_name_the_next_op_in_each_surface_s_own_words() -> None:
     hint = classify_git_failure("fatal: Not possible to fast-forward, aborting.", 1).hint
     assert "`rebase`" in render_hint(hint)
-    assert "airgapped_rebase" in render_hint(hint, lambda op: f"airgapped_{op}")
-    err = RemoteCommandError("m", kind="diverged", hint=hint, exit_code=128, stderr_tail="t")
-    data = err.to_dict(lambda op: f"airgapped_{op}")
+    assert "airgapped_rebase" in render_hint(hint, MCP_LIKE)
+    err = RemoteCommandError(
+        "m", kind="diverged", hint=hint, exit_code=128, stderr_tail="t", op="pull"
+    )
+    data = err.to_dict(MCP_LIKE)
     assert data["kind"] == "diverged" and "airgapped_rebase" in data["hint"]
+    assert data["tool"] == "airgapped_pull"
     assert data["exit_code"] == 128 and data["stderr_tail"] == "t"
+
+
+def test_argument_placeholders_use_each_surface_s_names() -> None:
+    hint = "Pass {arg:ssh_host}. {op:push} accepts: {args:push}."
+    assert (
+        render_hint(hint)
+        == "Pass `ssh_host`. `push` accepts: remote, branch, ssh_host, remote_repo, timeout."
+    )
+    assert render_hint(hint, CLI_LIKE).startswith(
+        "Pass `--ssh_host`. `aexp-relay-mcp push` accepts: --remote"
+    )
 
 
 def test_credentials_in_urls_are_redacted_from_error_output() -> None:

@@ -1,0 +1,41 @@
+"""A stub ``wandb`` on the login node, and offline runs for it to upload."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .repos import Repos
+
+WANDB_STUB = """#!/bin/sh
+# Stub wandb for the aexp sandbox: records its argv, marks synced runs as wandb does.
+printf '%s\\n' "$*" >> "{log}"
+[ "$1" = sync ] || exit 0
+shift
+for d in "$@"; do
+  case "$d" in -*) continue ;; esac
+  [ -d "$d" ] || {{ echo "wandb: no such run directory: $d" >&2; exit 1; }}
+  id=${{d##*-}}
+  : > "$d/run-$id.wandb.synced"
+  echo "Syncing: $d ... done."
+done
+"""
+
+
+def install_wandb(program: Path, log: Path, repos: Repos) -> None:
+    repos.write(program, WANDB_STUB.format(log=log))
+    program.chmod(0o755)
+
+
+def make_runs(directory: Path, count: int, repos: Repos, *, synced_last: bool = True) -> list[str]:
+    """``count`` offline runs in directory (the last one already synced)."""
+    names = []
+    for i in range(count):
+        name = f"offline-run-20260101_12000{i}-run{i}"
+        run = directory / name
+        run.mkdir(parents=True)
+        repos.write(run / f"run-run{i}.wandb", "x" * (4096 * (i + 1)))
+        if synced_last and i == count - 1:
+            repos.write(run / f"run-run{i}.wandb.synced", "")
+        names.append(name)
+    repos.own(directory)
+    return names
