@@ -25,6 +25,8 @@ import json
 import os
 import sys
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +91,133 @@ class AuditLog:
                 "Ops continue; set AEXP_RELAY_AUDIT_LOG to a writable path.",
                 file=sys.stderr,
             )
+
+
+# --------------------------------------------------------------------------- reading it back
+
+
+@dataclass(frozen=True)
+class AuditedCall:
+    """One call, its started and final lines paired.
+
+    ``outcome`` is the final line's, or ``never_ended`` (the process that made it is
+    gone: it died mid-call), or ``running`` (that process still runs).
+    """
+
+    request_id: str
+    time: str  # when it started (or was refused), UTC ISO 8601
+    op: str
+    host: str | None
+    repo: str | None
+    args: Any
+    approved: bool | None
+    outcome: str
+    kind: str | None
+    exit_code: int | None
+    duration_s: float | None
+    pid: int | None
+    surface: str | None
+
+    @property
+    def ended(self) -> bool:
+        return self.outcome not in ("never_ended", "running")
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    path: Path
+    calls: list[AuditedCall]
+    unreadable_lines: int
+
+
+def parse_since(text: str) -> float:
+    """``30m``, ``2h``, ``1d``, ``1w``, ``90s`` (or plain seconds) -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    value = text.strip().lower()
+    number, unit = (value[:-1], value[-1]) if value[-1:] in units else (value, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        raise ValueError(f"{text!r} is not a duration such as 30m, 2h, 1d or 1w") from None
+    if not seconds > 0:
+        raise ValueError(f"{text!r} must be longer than zero")
+    return seconds
+
+
+def read_audit(
+    path: Path,
+    since_s: float | None = None,
+    *,
+    now: _dt.datetime | None = None,
+    alive: Callable[[int], bool] | None = None,
+) -> AuditReport:
+    """Pair the log's lines by request_id, oldest first; calls older than since_s left out."""
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    alive = alive or _relay_process_alive
+    cutoff = now - _dt.timedelta(seconds=since_s) if since_s else None
+    started: dict[str, dict[str, Any]] = {}
+    finals: dict[str, dict[str, Any]] = {}
+    order: list[str] = []
+    unreadable = 0
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return AuditReport(path, [], 0)
+    for raw in text.splitlines():
+        try:
+            entry = json.loads(raw)
+            stamp = _dt.datetime.fromisoformat(entry["time"])
+            rid = str(entry["request_id"])
+        except (ValueError, KeyError, TypeError):
+            unreadable += int(bool(raw.strip()))
+            continue
+        if cutoff is not None and stamp < cutoff and rid not in started:
+            continue
+        if rid not in started and rid not in finals:
+            order.append(rid)
+        (started if entry.get("outcome") == "started" else finals)[rid] = entry
+    calls = [_pair(rid, started.get(rid), finals.get(rid), alive) for rid in order]
+    return AuditReport(path, calls, unreadable)
+
+
+def _pair(
+    rid: str,
+    start: dict[str, Any] | None,
+    final: dict[str, Any] | None,
+    alive: Callable[[int], bool],
+) -> AuditedCall:
+    first = start or final or {}
+    last = final or start or {}
+    pid = first.get("pid")
+    if final is not None:
+        outcome = str(final.get("outcome"))
+    else:
+        outcome = "running" if isinstance(pid, int) and alive(pid) else "never_ended"
+    return AuditedCall(
+        request_id=rid,
+        time=str(first.get("time")),
+        op=str(first.get("op")),
+        host=first.get("host"),
+        repo=first.get("repo"),
+        args=first.get("args"),
+        approved=first.get("approved"),
+        outcome=outcome,
+        kind=last.get("kind") if final is not None else None,
+        exit_code=last.get("exit_code") if final is not None else None,
+        duration_s=last.get("duration_s") if final is not None else None,
+        pid=pid if isinstance(pid, int) else None,
+        surface=first.get("surface"),
+    )
+
+
+def _relay_process_alive(pid: int) -> bool:
+    """Whether pid still runs and is this relay (not a recycled pid of something else)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    from .procs import process_table
+
+    return any(p.pid == pid and "aexp" in p.cmdline for p in process_table())

@@ -14,6 +14,7 @@ The audit log gets a ``started`` line before the first ssh and exactly one final
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import time
@@ -22,7 +23,7 @@ from typing import Any
 
 from .audit import AuditLog
 from .remote import marker
-from .runner import Abort
+from .runner import Execution
 from .transport import RemoteRun, Transport
 
 # Waiting for a remote group to be gone after TERM (most exit at once; a slow login
@@ -61,17 +62,25 @@ class Call:
         self.remote: tuple[str, int] | None = None  # (host, process group) running now
         self.trace: dict[str, Any] = {}
         self._began = False
-        self._abort: Abort | None = None
-        self._running = 0
+        self._execution: Execution | None = None
+        self._local_pids: set[int] = set()
 
     @property
     def elapsed(self) -> float:
         return self.clock() - self.started
 
     @property
-    def running(self) -> bool:
-        """A transport is still working for this call (a local process, a mux session)."""
-        return self._running > 0
+    def reaped(self) -> bool:
+        """No local process of this call is left (not even a zombie): what shutdown waits
+        for. A session on a shared connection has none."""
+        for pid in list(self._local_pids):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                self._local_pids.discard(pid)
+            except PermissionError:
+                pass
+        return not self._local_pids
 
     def set_limit(self, seconds: float) -> None:
         self.deadline = self.started + seconds
@@ -130,24 +139,24 @@ class Call:
             if on_stderr is not None:
                 on_stderr(chunk)
 
-        self._running += 1
         try:
             run = await self.transport.run(
                 host,
                 command,
                 deadline=self.deadline,
                 on_stderr=feed,
-                on_start=self._set_abort,
+                on_start=self._started,
                 verbose_log=verbose_log,
             )
         finally:
-            self._running -= 1
-            self._abort = None
+            self._execution = None
         self.trace.update(multiplexed=run.multiplexed, via=run.via)
         return run
 
-    def _set_abort(self, abort: Abort) -> None:
-        self._abort = abort
+    def _started(self, execution: Execution) -> None:
+        self._execution = execution
+        if execution.pid is not None:
+            self._local_pids.add(execution.pid)
 
     def command_ended(self) -> None:
         """The remote command reported its exit: nothing of ours runs there any more."""
@@ -164,8 +173,8 @@ class Call:
     def interrupt(self) -> None:
         """Shutdown: close the local side, dispatch the remote kill, audit ``interrupted``.
         Synchronous and quick: it never waits for the network."""
-        if self._abort is not None:
-            self._abort()
+        if self._execution is not None:
+            self._execution.abort()
         if self.remote is not None:
             host, pgid = self.remote
             self.remote = None

@@ -109,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --selftest: only the read-only tools, against the configured real host",
     )
+    parser.add_argument(
+        "--realistic",
+        action="store_true",
+        help="with --selftest: also sweep every tool against a noisy, slow login shell, "
+        "through a bastion, with three servers sharing one login",
+    )
     sub = parser.add_subparsers(dest="verb", metavar="<command>")
     common = _common()
     sub.add_parser("serve", help="serve MCP over stdio (the default)")
@@ -137,9 +143,27 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(verb, help=text, description=text)
         p.add_argument("host", nargs="?", help="default: $AEXP_RELAY_SSH_HOST")
-    sub.add_parser(
+    audit = sub.add_parser(
+        "audit",
+        help="what the agent did: recent calls from the audit log, with how each ended",
+        description="Recent calls from the audit log, each with its final outcome; calls "
+        "whose server died mid-call are marked NEVER ENDED.",
+    )
+    audit.add_argument(
+        "--since",
+        default="24h",
+        metavar="DURATION",
+        help="how far back: 30m, 2h, 1d, 1w (default 24h)",
+    )
+    audit.add_argument("--json", action="store_true", help="the paired calls as JSON")
+    sandbox = sub.add_parser(
         "sandbox",
         help="run the built-in sandbox (private sshd, origin, clone, stub wandb) until Ctrl-C",
+    )
+    sandbox.add_argument(
+        "--realistic",
+        action="store_true",
+        help="a noisy, slow login shell (banner on stdout, notices on stderr, 0.3 s start-up)",
     )
     return parser
 
@@ -154,13 +178,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    if args.live and not args.selftest:
-        print("aexp-relay-mcp: --live only goes with --selftest", file=sys.stderr)
+    if (args.live or args.realistic) and not args.selftest:
+        print("aexp-relay-mcp: --live and --realistic only go with --selftest", file=sys.stderr)
         return EXIT_USAGE
     if args.selftest:
         from .selftest import run_selftest
 
-        return run_selftest(live=args.live)
+        return run_selftest(live=args.live, realistic=args.realistic)
     if args.verb in (None, "serve"):
         return _serve()
     if args.verb == "init":
@@ -170,7 +194,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "sandbox":
         from .sandbox_command import run_sandbox
 
-        return run_sandbox()
+        return run_sandbox(realistic=args.realistic)
+    if args.verb == "audit":
+        from .audit_command import run_audit
+        from .config import RelayConfig
+
+        return run_audit(RelayConfig.from_env().audit_log, args.since, args.json)
     return _run_op(args)
 
 

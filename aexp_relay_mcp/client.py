@@ -95,6 +95,9 @@ class RelayClient:
             self.config, self.connections, runner=runner, env=env, clock=clock
         )
         self.calls = LiveCalls()
+        # Set by the server: True once its client has gone (stdin closed), so a call the
+        # SDK cancels then is audited as interrupted, not as cancelled by the client.
+        self.shutting_down: Callable[[], bool] = lambda: False
         self._repo_locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     # ------------------------------------------------------------------ public
@@ -212,7 +215,8 @@ class RelayClient:
             self.fail(call, exc)
             raise
         except asyncio.CancelledError:
-            call.finish("cancelled", "cancelled")
+            outcome = "interrupted" if self.shutting_down() else "cancelled"
+            call.finish(outcome, outcome)
             raise
         call.finish("ok", None, 0)
 

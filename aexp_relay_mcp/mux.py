@@ -31,7 +31,7 @@ import struct
 import time
 from collections.abc import Callable
 
-from .runner import Abort, OutputCollector, ProcessResult, ProcessTimeout
+from .runner import Abort, Execution, OutputCollector, ProcessResult, ProcessTimeout
 
 MUX_VERSION = 4
 MSG_HELLO = 0x00000001
@@ -239,20 +239,21 @@ async def run_session(
     timeout: float,
     output_cap: int,
     on_stderr: Callable[[bytes], None] | None = None,
-    on_start: Callable[[Abort], None] | None = None,
+    on_start: Abort | None = None,
     subsystem: bool = False,
 ) -> ProcessResult:
     """Run command in a new session of the master at path; like ``runner.run_process``.
 
-    ``on_start(abort)`` receives a synchronous abort (close our side: the master then
-    closes the session channel). Ending the remote process group is the caller's job, as
-    it is for the spawned-ssh path.
+    ``on_start(execution)`` receives a synchronous abort (close our side: the master then
+    closes the session channel), and no pid: nothing runs locally. Ending the remote
+    process group is the caller's job, as it is for the spawned-ssh path.
     """
     if not timeout > 0:
         raise ValueError("timeout must be positive")
     started = time.monotonic()
     session = _Session(path, command, output_cap, on_stderr, subsystem)
     task = asyncio.ensure_future(session.run(on_start))
+    session.task = task
     try:
         done, _ = await asyncio.wait({task}, timeout=timeout)
     except asyncio.CancelledError:
@@ -267,10 +268,11 @@ async def run_session(
         await session.finish()
         raise ProcessTimeout(session.result(started), timeout)
     try:
-        task.result()  # MasterUnavailable / SessionRefused propagate
+        if not session.aborted:
+            task.result()  # MasterUnavailable / SessionRefused propagate
     finally:
         await session.finish()
-    return session.result(started)
+    return session.result(started)  # aborted: like a killed process, no exit status
 
 
 async def _settle(task: asyncio.Future[None]) -> None:
@@ -294,19 +296,24 @@ class _Session:
         self.collector: OutputCollector | None = None
         self.exit_code: int | None = None
         self.aborted = False
+        self.task: asyncio.Future[None] | None = None
 
     def abort(self) -> None:
+        """Synchronous: close our side (the master then closes the session) and stop
+        waiting; a pending read on a closed socket would never wake up by itself."""
         self.aborted = True
         if self.control is not None:
             self.control.close()
+        if self.task is not None:
+            self.task.cancel()
 
-    async def run(self, on_start: Callable[[Abort], None] | None) -> None:
+    async def run(self, on_start: Abort | None) -> None:
         self.control = await _Control.open(self.path)
         if self.aborted:  # aborted while connecting
             self.control.close()
             return
         if on_start is not None:
-            on_start(self.abort)
+            on_start(Execution(self.abort, None))
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         null = os.open(os.devnull, os.O_RDONLY)

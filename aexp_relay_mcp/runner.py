@@ -109,7 +109,16 @@ class CappedBuffer:
         return self.value().decode("utf-8", errors="backslashreplace")
 
 
-Abort = Callable[[], None]
+@dataclass(frozen=True)
+class Execution:
+    """A command under way: how to stop it at once, and its local process, if any (None:
+    it runs in a session of a shared connection, with nothing local to reap)."""
+
+    abort: Callable[[], None]
+    pid: int | None
+
+
+Abort = Callable[[Execution], None]  # the on_start callback: receives the execution
 
 
 class Runner(Protocol):
@@ -121,7 +130,7 @@ class Runner(Protocol):
         output_cap: int,
         env: Mapping[str, str] | None = None,
         on_stderr: Callable[[bytes], None] | None = None,
-        on_start: Callable[[Abort], None] | None = None,
+        on_start: Abort | None = None,
     ) -> ProcessResult: ...
 
 
@@ -202,12 +211,12 @@ async def run_process(
     output_cap: int,
     env: Mapping[str, str] | None = None,
     on_stderr: Callable[[bytes], None] | None = None,
-    on_start: Callable[[Abort], None] | None = None,
+    on_start: Abort | None = None,
 ) -> ProcessResult:
     """Run argv to completion, timeout or cancellation. See the module docstring.
 
-    ``on_start(abort)`` hands the caller a synchronous abort (SIGKILL to the child's
-    whole group), for a shutdown that cannot wait for this coroutine.
+    ``on_start(execution)`` hands the caller a synchronous abort (SIGKILL to the child's
+    whole group) and the child's pid, for a shutdown that cannot wait for this coroutine.
     """
     if not timeout > 0:
         raise ValueError("timeout must be positive")
@@ -235,7 +244,7 @@ async def run_process(
         def abort() -> None:
             kill_group(proc.pid, signal.SIGKILL)
 
-        on_start(abort)
+        on_start(Execution(abort, proc.pid))
     return await _supervise(
         proc, collector, timeout, lambda: collector.result(argv, proc.returncode, started)
     )

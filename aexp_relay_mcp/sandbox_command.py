@@ -17,7 +17,7 @@ def _stop(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def run_sandbox() -> int:
+def run_sandbox(realistic: bool = False) -> int:
     standin = not sshd_available()
     if standin:
         print(
@@ -26,12 +26,13 @@ def run_sandbox() -> int:
             file=sys.stderr,
         )
     signal.signal(signal.SIGTERM, _stop)
-    with Sandbox(standin=standin) as sb:
+    profile = "noisy" if realistic and not standin else "clean"
+    with Sandbox(standin=standin, profile=profile) as sb:
         env = sb.env()
         command, args = server_command()
         snippet = {"mcpServers": {"aexp": {"command": command, "args": args, "env": env}}}
         where = "LOCAL STAND-IN (no sshd)" if standin else f"sshd on 127.0.0.1:{sb.port}"
-        print(f"Sandbox up: {where}, login user {sb.user.name}.")
+        print(f"Sandbox up: {where}, login user {sb.user.name}, {profile} login shell.")
         print(f"  origin      {sb.origin}")
         print(f"  cluster     {sb.cluster}   (the checkout the tools work on)")
         print(f"  other clone {sb.other}   (push here to play 'someone else pushed')")

@@ -135,7 +135,9 @@ async def sandbox_sweep(sweep: Sweep, sb: Sandbox) -> None:
     async def repo_status() -> str:
         err, data = await sweep.call(tool_name("repo_status"))
         expect(not err and data.get("branch") == "main" and data.get("clean"), str(data))
-        return f"{data['branch']} ↑{data['ahead']} ↓{data['behind']}, clean"
+        expect(data.get("head") == sb.head(sb.cluster), f"head {data.get('head')}")
+        expect(data.get("head_subject") == "second commit", f"subject {data.get('head_subject')}")
+        return f"{data['branch']} ↑{data['ahead']} ↓{data['behind']}, clean, HEAD and subject right"
 
     async def push() -> str:
         sha = sb.commit(sb.cluster, "selftest.txt", "pushed by selftest\n", "selftest: push")
@@ -251,7 +253,7 @@ def print_table(title: str, checks: list[Check]) -> None:
     print(f"\n{passed} passed, {len(checks) - passed} failed")
 
 
-def run_selftest(live: bool = False) -> int:
+def run_selftest(live: bool = False, realistic: bool = False) -> int:
     if live:
         env = {k: v for k, v in os.environ.items() if k in ENV_VARS}
         if not env.get("AEXP_RELAY_SSH_HOST") or not env.get("AEXP_RELAY_REMOTE_REPO"):
@@ -287,4 +289,19 @@ def run_selftest(live: bool = False) -> int:
         print_table(
             f"aexp-relay-mcp selftest: every MCP tool over stdio; transport: {transport}", checks
         )
+    if realistic and not standin:
+        from .selftest_realistic import realistic_sweep
+
+        with Sandbox(profile="noisy", bastion=True) as sb:
+            more = anyio.run(realistic_sweep, sb)
+        print()
+        print_table(
+            "aexp-relay-mcp selftest --realistic: a login shell that prints on stdout and "
+            "stderr and takes 0.3 s, a bastion, three servers, a killed master, a Claude "
+            "Code-style stop",
+            more,
+        )
+        checks += more
+    elif realistic:
+        print("--realistic needs sshd; skipped.", file=sys.stderr)
     return 0 if all(c.ok for c in checks) else 1

@@ -22,10 +22,12 @@ signal during shutdown changes nothing.
 
 from __future__ import annotations
 
+import fcntl
 import inspect
 import json
 import logging
 import os
+import select
 import signal
 import sys
 import time
@@ -620,6 +622,28 @@ def _make_tool(spec: ToolSpec, tools: Tools) -> Tool:
 # --------------------------------------------------------------------------- entry point
 
 
+class StdinWatch:
+    """Whether our client has closed stdin. On EOF the SDK cancels in-flight calls; this
+    is how such a cancel is told from a client's own cancel (notifications/cancelled).
+
+    A duplicate of fd 0, taken before the SDK moves the wire off fd 0, polled with a zero
+    timeout for a hang-up: it never reads, so the SDK's reader sees every byte.
+    """
+
+    def __init__(self) -> None:
+        try:
+            self.fd: int | None = fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 3)
+        except OSError:
+            self.fd = None
+
+    def hung_up(self) -> bool:
+        if self.fd is None:
+            return False
+        poller = select.poll()
+        poller.register(self.fd, select.POLLHUP | getattr(select, "POLLRDHUP", 0))
+        return any(events & ~select.POLLIN for _, events in poller.poll(0))
+
+
 def shut_down(client: RelayClient, code: int) -> None:
     """End every live call (audit ``interrupted``, local side closed and reaped, remote
     kill dispatched) and exit with code, without waiting on stdin or the network."""
@@ -637,7 +661,7 @@ async def _serve(server: MCPServer, client: RelayClient) -> None:
                 # Let interrupted calls reap their local processes, briefly, then exit.
                 interrupted = client.calls.interrupt_all()
                 deadline = time.monotonic() + REAP_WAIT_S
-                while any(c.running for c in interrupted) and time.monotonic() < deadline:
+                while not all(c.reaped for c in interrupted) and time.monotonic() < deadline:
                     await anyio.sleep(0.005)
                 shut_down(client, 128 + int(signum))
 
@@ -656,6 +680,7 @@ def serve(config: RelayConfig | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     client = RelayClient(config=cfg, surface=MCP)
+    client.shutting_down = StdinWatch().hung_up
     server = build_server(client, cfg)
     anyio.run(_serve, server, client)
     shut_down(client, 0)  # stdin closed

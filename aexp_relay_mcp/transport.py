@@ -73,7 +73,7 @@ class Transport:
         *,
         deadline: float,
         on_stderr: Callable[[bytes], None] | None = None,
-        on_start: Callable[[Abort], None] | None = None,
+        on_start: Abort | None = None,
         verbose_log: Path | None = None,
         use_slot: bool = True,
     ) -> RemoteRun:
@@ -124,7 +124,7 @@ class Transport:
         command: str,
         deadline: float,
         on_stderr: Callable[[bytes], None] | None,
-        on_start: Callable[[Abort], None] | None,
+        on_start: Abort | None,
         verbose_log: Path | None,
     ) -> RemoteRun:
         path = route.control_path
@@ -183,7 +183,7 @@ class Transport:
         options: Sequence[str],
         deadline: float,
         on_stderr: Callable[[bytes], None] | None,
-        on_start: Callable[[Abort], None] | None,
+        on_start: Abort | None,
         verbose_log: Path | None,
         *,
         direct: bool,

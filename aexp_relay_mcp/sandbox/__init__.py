@@ -257,15 +257,20 @@ class Sandbox:
         d = self.ssh_dir
         host_key = " ".join((d / "host_ed25519.pub").read_text().split()[:2])
         other_key = " ".join((d / "other_host_ed25519.pub").read_text().split()[:2])
-        known = "".join(f"[127.0.0.1]:{s.port} {host_key}\n" for s in self._servers())
+        known = "".join(
+            f"[{name}]:{s.port} {host_key}\n"
+            for s in self._servers()
+            for name in ("127.0.0.1", "localhost")
+        )
         (d / "known_hosts").write_text(known)
         (d / "known_hosts.bad").write_text(f"[127.0.0.1]:{self.port} {other_key}\n")
         (d / "known_hosts.empty").write_text("")
 
         def block(alias: str, port: int, *, known: str = "known_hosts",
-                  key: str = "client_ed25519", extra: str = "") -> str:  # fmt: skip
+                  key: str = "client_ed25519", extra: str = "",
+                  hostname: str = "127.0.0.1") -> str:  # fmt: skip
             return f"""Host {alias}
-    HostName 127.0.0.1
+    HostName {hostname}
     Port {port}
     User {self.user.name}
     IdentityFile {d}/{key}
@@ -285,7 +290,9 @@ class Sandbox:
         ]
         if self.bastion is not None:
             blocks.append(block(BASTION_ALIAS, self.bastion.port))
-            blocks.append(block(JUMP_ALIAS, self.port, extra=f"    ProxyJump {BASTION_ALIAS}"))
+            # Its own HostName, so its own ControlPath (%C): it never rides the direct master.
+            jump = f"    ProxyJump {BASTION_ALIAS}"
+            blocks.append(block(JUMP_ALIAS, self.port, hostname="localhost", extra=jump))
         if self.mfa is not None:
             blocks.append(block(MFA_ALIAS, self.mfa.port))
         (d / "ssh_config").write_text(

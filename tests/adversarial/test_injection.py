@@ -18,8 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aexp_relay_mcp.sandbox import Sandbox, sshd_available
-
-from .rpc import StdioServer
+from aexp_relay_mcp.stdio_driver import StdioServer
 
 CANARY_DIR_NAME = "canaries"
 

@@ -1,35 +1,53 @@
-"""A small synchronous JSON-RPC client for the real server over stdio.
+"""A small synchronous JSON-RPC driver for the real server over stdio.
 
-The SDK's client is async; hypothesis drives synchronous tests, so the property tests
-speak the protocol directly. It is strict: every line on stdout must be JSON-RPC.
+The SDK's client is async and hides the process; this drives ``aexp-relay-mcp serve``
+line by line, as a client like Claude Code does, so a caller can also signal the
+process, close its stdin, or kill it mid-call. It is strict: every line on stdout must
+be JSON-RPC. Used by ``--selftest --realistic`` and by the tests.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from aexp_relay_mcp.sandbox import Sandbox
+from .sandbox import Sandbox
 
 
 class ProtocolViolation(AssertionError):
     pass
 
 
+@dataclass(frozen=True)
+class Stopped:
+    """How a server ended when stopped as Claude Code stops one."""
+
+    by: str  # SIGINT, SIGTERM or SIGKILL: the signal after which it was gone
+    exit_code: int | None
+    seconds: float  # from the first signal to its exit
+
+
 class StdioServer:
     def __init__(self, sb: Sandbox, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "aexp_relay_mcp", "serve"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**os.environ, **sb.env(), **(env or {})},
-        )
+        self.stderr_path = Path(tempfile.mkstemp(prefix="aexp-server-", suffix=".log")[1])
+        with open(self.stderr_path, "wb") as stderr:
+            self.proc: subprocess.Popen[bytes] = subprocess.Popen(
+                [sys.executable, "-m", "aexp_relay_mcp", "serve"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                env={**os.environ, **sb.env(), **(env or {})},
+            )
         self.next_id = 0
         self.buffer = b""
         self.request("initialize", {
@@ -68,10 +86,17 @@ class StdioServer:
             raise ProtocolViolation(f"not JSON-RPC: {line[:200]!r}")
         return message
 
-    def request(self, method: str, params: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
+    def start(self, method: str, params: dict[str, Any]) -> int:
+        """Send a request without waiting for its answer; returns its id."""
         self.next_id += 1
-        rid = self.next_id
-        self.send({"jsonrpc": "2.0", "id": rid, "method": method, "params": params})
+        self.send({"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params})
+        return self.next_id
+
+    def start_call(self, tool: str, arguments: dict[str, Any]) -> int:
+        return self.start("tools/call", {"name": tool, "arguments": arguments})
+
+    def request(self, method: str, params: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
+        rid = self.start(method, params)
         deadline = time.monotonic() + timeout
         while True:
             message = self._line(deadline)
@@ -92,6 +117,23 @@ class StdioServer:
             return {"is_error": True, **data}
         return {"is_error": False, **result["structuredContent"]}
 
+    def stop_like_claude_code(self) -> Stopped:
+        """SIGINT, then SIGTERM 100 ms later, then SIGKILL 400 ms after that: what Claude
+        Code (2.1.332) does on exit and on /mcp reconnect."""
+        started = time.monotonic()
+        for sig, wait_s in ((signal.SIGINT, 0.1), (signal.SIGTERM, 0.4), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
+            try:
+                code = self.proc.wait(timeout=wait_s)
+            except subprocess.TimeoutExpired:
+                continue
+            return Stopped(sig.name, code, time.monotonic() - started)
+        raise AssertionError("the server outlived SIGKILL")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
     def close(self) -> None:
         if self.proc.stdin:
             self.proc.stdin.close()
@@ -100,3 +142,5 @@ class StdioServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        with contextlib.suppress(OSError):
+            self.stderr_path.unlink()
