@@ -59,6 +59,7 @@ class Call:
         self.started = clock()
         self.deadline = self.started + 3600.0
         self.outcome: str | None = None
+        self.cancelled_as: str | None = None  # cancelled or interrupted, judged on arrival
         self.remote: tuple[str, int] | None = None  # (host, process group) running now
         self.trace: dict[str, Any] = {}
         self._began = False

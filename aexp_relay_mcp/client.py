@@ -215,10 +215,14 @@ class RelayClient:
             self.fail(call, exc)
             raise
         except asyncio.CancelledError:
-            outcome = "interrupted" if self.shutting_down() else "cancelled"
+            outcome = call.cancelled_as or self._cancel_outcome()
             call.finish(outcome, outcome)
             raise
         call.finish("ok", None, 0)
+
+    def _cancel_outcome(self) -> str:
+        """A cancel while the client is gone is the shutdown's, else the client's own."""
+        return "interrupted" if self.shutting_down() else "cancelled"
 
     def fail(self, call: Call, exc: RelayError) -> None:
         exc.request_id = exc.request_id or call.request_id
@@ -309,6 +313,8 @@ class RelayClient:
         except ProcessTimeout as exc:
             raise await self._timed_out(call, exc, nonce, verbose_log) from None
         except asyncio.CancelledError:
+            # Judged now: by the time the remote group is gone the client may have left.
+            call.cancelled_as = call.cancelled_as or self._cancel_outcome()
             with anyio.CancelScope(shield=True):
                 await call.stop_remote()
             raise

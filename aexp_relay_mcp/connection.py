@@ -428,6 +428,8 @@ class ConnectionManager:
             "-fNM",
             "-o", f"ControlPath={path}",
             "-o", f"ControlPersist={self.config.connect_persist}",
+            # Prompts are the point here, even where the ssh config says BatchMode.
+            "-o", "BatchMode=no",
             "-o", "ServerAliveInterval=15",
             "-o", "ServerAliveCountMax=3",
             "--", host,

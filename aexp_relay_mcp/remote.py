@@ -90,19 +90,20 @@ def validate_host(host: str | None) -> str:
     if len(host) > MAX_HOST_LEN:
         raise RelayValidationError(
             f"ssh host is {len(host)} characters long; the limit is {MAX_HOST_LEN}.",
-            hint="Use an ssh alias from ~/.ssh/config.",
+            hint="Pass {arg:ssh_host} as an ssh alias from ~/.ssh/config.",
         )
     if host.startswith("-"):
         raise RelayValidationError(
             f"ssh host {host!r} starts with '-', so ssh would read it as an option.",
-            hint="Pass a host name or an alias from ~/.ssh/config; options belong in that file.",
+            hint="Pass {arg:ssh_host} as a host name or an alias from ~/.ssh/config; options "
+            "belong in that file.",
         )
     if not _HOST_RE.fullmatch(host):
         raise RelayValidationError(
             f"ssh host {host!r} contains characters that are not allowed "
             "(whitespace, control or shell characters).",
-            hint="Use letters, digits and . _ - @ % only (or an IPv6 address), "
-            "e.g. an alias or user@login.hpc.example.",
+            hint="Pass {arg:ssh_host} with letters, digits and . _ - @ % only (or an IPv6 "
+            "address), e.g. an alias or user@login.hpc.example.",
         )
     return host
 
@@ -117,17 +118,18 @@ def validate_repo(path: str | None) -> str:
     if len(path) > MAX_REPO_LEN:
         raise RelayValidationError(
             f"remote repo path is {len(path)} characters long; the limit is {MAX_REPO_LEN}.",
-            hint="Pass the real path of the checkout on the login node.",
+            hint="Pass {arg:remote_repo} as the real path of the checkout on the login node.",
         )
     if _has_control(path):
         raise RelayValidationError(
             f"remote repo path {path!r} contains control characters (newline, NUL, escape, ...).",
-            hint="Pass the plain path of the checkout on the login node.",
+            hint="Pass {arg:remote_repo} as the plain path of the checkout on the login node.",
         )
     if not (path.startswith("/") or path == "~" or path.startswith("~/")):
         raise RelayValidationError(
             f"remote repo path {path!r} must be absolute or start with ~/.",
-            hint="Pass e.g. /home/me/project or ~/project. ~user/ paths are not accepted.",
+            hint="Pass {arg:remote_repo} as e.g. /home/me/project or ~/project. ~user/ paths "
+            "are not accepted.",
         )
     return path
 
@@ -399,15 +401,16 @@ def _read_stream(text: str, pattern: re.Pattern[str]) -> _Stream:
     open_at = 0
     for match in pattern.finditer(text):
         word, args = match.group(1), match.group(2).split()
-        chunk = text[pos : match.start()]
-        pos = match.end()
         if not stream.started:
             if word != "start":
-                continue  # a marker look-alike printed by the login shell: ignored
+                continue  # a marker look-alike printed by the login shell: part of its text
             stream.started = True
-            stream.pre = chunk
+            stream.pre = text[1 : match.start()]
             stream.pid = int(args[0]) if args and args[0].isdigit() else None
+            pos = match.end()
             continue
+        chunk = text[pos : match.start()]
+        pos = match.end()
         stream.body.append(chunk)
         if word == "begin" and args:
             open_name, open_at = args[0], len(stream.body)

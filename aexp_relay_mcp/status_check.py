@@ -44,7 +44,7 @@ async def check_connection(
 ) -> ConnectionStatus:
     from .client import check_timeout
 
-    call = client.new_call("check_connection", None, ssh_host, remote_repo)
+    call = client.new_call("status", None, ssh_host, remote_repo)
     with client.ending(call):
         client.target(call, repo_required=False)
         limit = min(client.config.timeout or CHECK_TIMEOUT_S, CHECK_TIMEOUT_S)

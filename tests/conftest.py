@@ -21,7 +21,7 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def _need_sshd() -> None:
+def need_sshd() -> None:
     if sshd_available():
         return
     reason = (
@@ -36,7 +36,7 @@ def _need_sshd() -> None:
 @pytest.fixture
 def sandbox() -> Iterator[Sandbox]:
     """A fresh sandbox per test: mutating tests never see each other's commits."""
-    _need_sshd()
+    need_sshd()
     with Sandbox() as sb:
         yield sb
 

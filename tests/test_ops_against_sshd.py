@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from collections.abc import Iterator
 
 import pytest
 
@@ -24,9 +25,18 @@ from aexp_relay_mcp.results import (
 )
 from aexp_relay_mcp.sandbox import Sandbox
 
-from .conftest import snapshot
+from .conftest import need_sshd, snapshot
 
 pytestmark = [pytest.mark.anyio, pytest.mark.sshd]
+
+
+@pytest.fixture(params=["clean", pytest.param("noisy", marks=pytest.mark.realism)])
+def sandbox(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
+    """Every op test runs twice: on a clean account, and on a login node whose shell
+    prints a banner on stdout, notices on stderr, and takes 0.3 s to start."""
+    need_sshd()
+    with Sandbox(profile=request.param) as sb:
+        yield sb
 
 
 def audit_lines(sb: Sandbox) -> list[dict[str, object]]:

@@ -165,7 +165,17 @@ class Sandbox:
         self.stop_masters()
         for server in self._servers():
             server.stop()
+        self._end_leftovers()
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def _end_leftovers(self) -> None:
+        """Remote commands that outlived their server (a test SIGKILLed it, on purpose):
+        anything still working in this sandbox's directories ends with it."""
+        needle = str(self.root).encode()
+        for proc in process_table():
+            if proc.pid != os.getpid() and any(needle in a for a in proc.argv):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(proc.pid, signal.SIGKILL)
 
     def _servers(self) -> list[SshServer]:
         return [s for s in (self.server, self.bastion, self.mfa) if s is not None]

@@ -37,31 +37,18 @@ class Repos:
             self.clone(clone)
 
     def clone(self, where: Path, *, as_user: bool = True) -> Path:
-        """A clone of origin; ``as_user=False`` (root only) makes one owned by root, which
-        git on the login node then refuses as "dubious ownership"."""
-        if as_user:
-            self.git(self.remote_dir, "clone", "-q", str(self.origin), str(where))
-        else:
-            subprocess.run(
-                ["git", "clone", "-q", str(self.origin), str(where)],
-                env=self.git_env(),
-                check=True,
-                capture_output=True,
-            )
+        """A clone of origin; ``as_user=False`` (root only) hands it to root afterwards, as
+        a checkout a colleague made: git on the login node then refuses it as "dubious
+        ownership"."""
+        self.git(self.remote_dir, "clone", "-q", str(self.origin), str(where))
+        self.git(where, "config", "user.name", "Sandbox User")
+        self.git(where, "config", "user.email", "sandbox@example.invalid")
+        if not as_user:
+            for dirpath, dirnames, filenames in os.walk(where):
+                os.chown(dirpath, 0, 0)
+                for name in dirnames + filenames:
+                    os.lchown(os.path.join(dirpath, name), 0, 0)
             os.chmod(where, 0o755)
-        for key, value in (
-            ("user.name", "Sandbox User"),
-            ("user.email", "sandbox@example.invalid"),
-        ):
-            if as_user:
-                self.git(where, "config", key, value)
-            else:
-                subprocess.run(
-                    ["git", "-C", str(where), "config", key, value],
-                    env=self.git_env(),
-                    check=True,
-                    capture_output=True,
-                )
         return where
 
     # ------------------------------------------------------------------ helpers

@@ -1,0 +1,190 @@
+"""The server's life under a real client: stopped on the first signal, every call audited
+even when the server is killed, and ``aexp-relay-mcp audit`` to read it back."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from aexp_relay_mcp.audit import AuditLog, parse_since, read_audit
+from aexp_relay_mcp.sandbox import Sandbox
+from aexp_relay_mcp.stdio_driver import StdioServer
+
+from .conftest import need_sshd, processes_matching, wait_until
+
+
+def hang_tag() -> str:
+    """A hanging remote command no other test runs: `sleep 57.<random>`."""
+    return f"sleep 57.{secrets.randbelow(10**6):06d}"
+
+
+def audit_lines(sb: Sandbox) -> list[dict[str, object]]:
+    return [json.loads(x) for x in sb.audit_log.read_text().splitlines()]
+
+
+def start_hanging_call(sb: Sandbox, env: dict[str, str] | None = None) -> tuple[StdioServer, str]:
+    """A server with a fetch in flight that hangs on the login node."""
+    tag = hang_tag()
+    sb.git(sb.cluster, "config", "remote.origin.uploadpack", f"{tag}; git-upload-pack")
+    server = StdioServer(sb, env)
+    server.start_call("airgapped_fetch", {})
+    assert wait_until(lambda: processes_matching(tag) != [], 15), server.stderr()
+    return server, tag
+
+
+def nothing_left(sb: Sandbox, server: StdioServer, tag: str) -> bool:
+    """No server, no ssh client of ours, nothing on the login node (the shared
+    ControlMaster outlives the server by design)."""
+    return (
+        server.proc.poll() is not None
+        and sb.processes(masters=False) == []
+        and processes_matching(tag) == []
+    )
+
+
+@pytest.fixture(params=["clean", pytest.param("noisy", marks=pytest.mark.realism)])
+def sandbox(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
+    need_sshd()
+    with Sandbox(profile=request.param) as sb:
+        yield sb
+
+
+@pytest.mark.sshd
+@pytest.mark.parametrize("mux", ["native", "ssh"])
+def test_stopped_like_claude_code_it_exits_on_sigint_and_leaves_nothing_behind(
+    sandbox: Sandbox, mux: str
+) -> None:
+    """Claude Code: SIGINT, SIGTERM 100 ms later, SIGKILL 400 ms after that."""
+    server, tag = start_hanging_call(sandbox, {"AEXP_RELAY_MUX_CLIENT": mux})
+    stopped = server.stop_like_claude_code()
+    server.close()
+    assert stopped.by == "SIGINT" and stopped.exit_code == 128 + signal.SIGINT, stopped
+    assert wait_until(lambda: nothing_left(sandbox, server, tag), 2), processes_matching(tag)
+    fetch = [line for line in audit_lines(sandbox) if line["op"] == "fetch"]
+    assert [line["outcome"] for line in fetch] == ["started", "interrupted"]
+    assert fetch[0]["request_id"] == fetch[1]["request_id"]
+
+
+@pytest.mark.sshd
+@pytest.mark.parametrize(
+    ("how", "code"),
+    [("SIGTERM", 128 + signal.SIGTERM), ("SIGHUP", 128 + signal.SIGHUP), ("stdin EOF", 0)],
+)
+def test_every_way_to_stop_the_server_ends_calls_the_same_way(
+    sandbox: Sandbox, how: str, code: int
+) -> None:
+    server, tag = start_hanging_call(sandbox)
+    if how == "stdin EOF":
+        assert server.proc.stdin is not None
+        server.proc.stdin.close()
+    else:
+        server.proc.send_signal(getattr(signal, how))
+    assert server.proc.wait(timeout=5) == code
+    server.close()
+    assert wait_until(lambda: nothing_left(sandbox, server, tag), 2), processes_matching(tag)
+    assert [line["outcome"] for line in audit_lines(sandbox)] == ["started", "interrupted"]
+
+
+@pytest.mark.sshd
+def test_a_server_killed_mid_call_leaves_a_started_line_that_audit_shows_as_never_ended(
+    sandbox: Sandbox,
+) -> None:
+    server, _ = start_hanging_call(sandbox)
+    server.proc.kill()
+    server.close()
+    lines = audit_lines(sandbox)
+    assert [line["outcome"] for line in lines] == ["started"]
+    env = {**os.environ, **sandbox.env()}
+    cli = [sys.executable, "-m", "aexp_relay_mcp", "audit"]
+    as_json = subprocess.run([*cli, "--json"], env=env, capture_output=True, text=True, timeout=30)
+    calls = json.loads(as_json.stdout)
+    assert [(c["op"], c["outcome"]) for c in calls] == [("fetch", "never_ended")]
+    assert calls[0]["request_id"] == lines[0]["request_id"]
+    human = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=30)
+    assert human.returncode == 0 and "NEVER ENDED" in human.stdout
+    assert f"pid {lines[0]['pid']}" in human.stdout
+
+
+@pytest.mark.sshd
+def test_a_call_the_client_cancels_is_audited_cancelled_and_the_server_lives_on(
+    sandbox: Sandbox,
+) -> None:
+    server, tag = start_hanging_call(sandbox)
+    server.notify("notifications/cancelled", {"requestId": server.next_id, "reason": "user"})
+    assert wait_until(lambda: processes_matching(tag) == [], 5)
+    sandbox.git(sandbox.cluster, "config", "--unset", "remote.origin.uploadpack")
+    assert server.call("airgapped_repo_status", {})["branch"] == "main"
+    server.close()
+    fetch = [line["outcome"] for line in audit_lines(sandbox) if line["op"] == "fetch"]
+    assert fetch == ["started", "cancelled"]
+
+
+# ------------------------------------------------------------------ the audit reader
+
+
+def write_log(path: Path, *entries: dict[str, object]) -> None:
+    path.write_text("".join(json.dumps(e) + "\n" for e in entries))
+
+
+NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.timezone.utc)
+
+
+def at(minutes_ago: float) -> str:
+    return (NOW - dt.timedelta(minutes=minutes_ago)).isoformat()
+
+
+def test_audit_pairs_started_and_final_lines_by_request_id(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    write_log(
+        log,
+        {"time": at(10), "request_id": "a", "op": "push", "outcome": "started", "pid": 11},
+        {"time": at(9), "request_id": "b", "op": "fetch", "outcome": "rejected", "pid": 11,
+         "kind": "invalid_request"},
+        {"time": at(8), "request_id": "a", "op": "push", "outcome": "failed", "pid": 11,
+         "kind": "non_fast_forward", "exit_code": 1, "duration_s": 0.2},
+        {"time": at(7), "request_id": "c", "op": "pull", "outcome": "started", "pid": 12},
+        {"time": at(6), "request_id": "d", "op": "fetch", "outcome": "started", "pid": 13},
+    )  # fmt: skip
+    report = read_audit(log, None, now=NOW, alive=lambda pid: pid == 13)
+    got = [(c.request_id, c.op, c.outcome, c.kind) for c in report.calls]
+    assert got == [
+        ("a", "push", "failed", "non_fast_forward"),
+        ("b", "fetch", "rejected", "invalid_request"),
+        ("c", "pull", "never_ended", None),
+        ("d", "fetch", "running", None),
+    ]
+    assert report.calls[0].duration_s == 0.2 and report.calls[0].time == at(10)
+
+
+def test_audit_since_leaves_out_older_calls_and_counts_unreadable_lines(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    write_log(
+        log,
+        {"time": at(120), "request_id": "old", "op": "push", "outcome": "ok"},
+        {"time": at(5), "request_id": "new", "op": "pull", "outcome": "ok"},
+    )
+    with log.open("a") as fh:
+        fh.write("not json\n")
+    report = read_audit(log, parse_since("1h"), now=NOW)
+    assert [c.request_id for c in report.calls] == ["new"] and report.unreadable_lines == 1
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("30m", 1800), ("2h", 7200), ("1d", 86400)])
+def test_audit_since_takes_durations(text: str, seconds: float) -> None:
+    assert parse_since(text) == seconds
+
+
+def test_every_audit_line_names_the_process_that_wrote_it(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "a.log")
+    log.record(request_id="x", op="push", outcome="started")
+    entry = json.loads((tmp_path / "a.log").read_text())
+    assert entry["pid"] == os.getpid() and entry["outcome"] == "started"
