@@ -82,3 +82,12 @@ def snapshot(sb: Sandbox, repo: Path) -> dict[str, str]:
             if p.is_file() and ".git" not in p.relative_to(repo).parts
         ),
     }
+
+
+def slow_status(sb: Sandbox, seconds: float) -> None:
+    """Make every `git status` in the cluster checkout hold its session for a while (a slow
+    fsmonitor hook), so concurrent calls really are open at once."""
+    hook = sb.bin_dir / "slow-fsmonitor"
+    sb.write(hook, f"#!/bin/sh\nsleep {seconds}\nexit 1\n")
+    hook.chmod(0o755)
+    sb.git(sb.cluster, "config", "core.fsmonitor", str(hook))

@@ -15,7 +15,7 @@ from aexp_relay_mcp import RelayClient
 from aexp_relay_mcp.results import RepoStatus
 from aexp_relay_mcp.sandbox import HOST_ALIAS, Sandbox
 
-from .conftest import wait_until
+from .conftest import slow_status, wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.sshd]
 
@@ -51,10 +51,7 @@ async def test_twenty_parallel_calls_never_fall_back_to_fresh_logins(
     await client.request("repo_status")
     # Make each status hold its session for a second (a slow fsmonitor hook), so 20 calls
     # really are open at once.
-    hook = sandbox.bin_dir / "slow-fsmonitor"
-    sandbox.write(hook, "#!/bin/sh\nsleep 1\nexit 1\n")
-    hook.chmod(0o755)
-    sandbox.git(sandbox.cluster, "config", "core.fsmonitor", str(hook))
+    slow_status(sandbox, 1)
     before = sandbox.logins()
     results = await asyncio.gather(*(client.request("repo_status") for _ in range(20)))
     assert all(isinstance(r, RepoStatus) for r in results)

@@ -19,7 +19,7 @@ from aexp_relay_mcp.remote import KILL_DONE, build_kill_command
 from aexp_relay_mcp.results import RepoStatus
 from aexp_relay_mcp.sandbox import HOST_ALIAS, Sandbox
 
-from .conftest import need_sshd, wait_until
+from .conftest import need_sshd, slow_status, wait_until
 
 pytestmark = [pytest.mark.anyio]
 
@@ -99,10 +99,7 @@ async def test_a_session_the_server_refuses_is_retried_never_a_fresh_login(
     sb = tight_sandbox
     client = RelayClient(config=sb.config(max_sessions=8))
     await client.request("repo_status")
-    hook = sb.bin_dir / "slow-fsmonitor"
-    sb.write(hook, "#!/bin/sh\nsleep 0.5\nexit 1\n")
-    hook.chmod(0o755)
-    sb.git(sb.cluster, "config", "core.fsmonitor", str(hook))
+    slow_status(sb, 0.5)
     before = sb.logins()
     results = await asyncio.gather(*(client.request("repo_status") for _ in range(6)))
     assert all(isinstance(r, RepoStatus) for r in results)
