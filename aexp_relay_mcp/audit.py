@@ -64,6 +64,7 @@ class AuditLog:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self._warned = False
+        self._dir_ready = False
         self._lock = threading.Lock()
 
     def record(self, **fields: Any) -> None:
@@ -75,7 +76,9 @@ class AuditLog:
         entry.update({k: v for k, v in fields.items() if k not in entry})
         line = (json.dumps(entry, ensure_ascii=True, default=str) + "\n").encode()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not self._dir_ready:
+                self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                self._dir_ready = True
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
                 os.write(fd, line)

@@ -15,7 +15,6 @@ The audit log gets a ``started`` line before the first ssh and exactly one final
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -211,8 +210,8 @@ class _StartWatch:
     """Picks the remote process-group id out of the stderr stream as it arrives."""
 
     def __init__(self, mark: str, on_pid: Callable[[int], None]) -> None:
-        self.pattern = re.compile(re.escape(mark.encode()) + rb" start (\d+)\n")
-        self.buffer = b""
+        self.needle = f"\n{mark} start ".encode()
+        self.buffer = b"\n"
         self.done = False
         self.on_pid = on_pid
 
@@ -220,8 +219,11 @@ class _StartWatch:
         if self.done or len(self.buffer) > 1 << 20:
             return
         self.buffer += chunk
-        match = self.pattern.search(self.buffer)
-        if match:
+        at = self.buffer.find(self.needle)
+        end = self.buffer.find(b"\n", at + len(self.needle)) if at >= 0 else -1
+        if end >= 0:
+            pid = self.buffer[at + len(self.needle) : end]
             self.done = True
             self.buffer = b""
-            self.on_pid(int(match.group(1)))
+            if pid.isdigit():
+                self.on_pid(int(pid))

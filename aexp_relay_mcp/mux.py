@@ -49,6 +49,9 @@ NO_ESCAPE_CHAR = 0xFFFFFFFF
 MAX_PACKET = 256 * 1024
 # How long pipes may stay open after the master closed the session.
 DRAIN_S = 0.3
+# After an abort or a timeout: the master keeps the pipes until the remote side ends,
+# which waits on our own remote kill. Take what is already buffered and go.
+ABORT_DRAIN_S = 0.01
 REFUSED_BY_PEER = "Session open refused by peer"
 # Added to stderr when the master goes away mid-command; parsing.SSH_FAILURES knows it.
 MASTER_CLOSED = "the shared ssh connection (ControlMaster) closed before the command finished"
@@ -375,7 +378,8 @@ class _Session:
     async def finish(self) -> None:
         if self.control is not None:
             self.control.close()
-        if self.collector is not None and not await self.collector.drain(DRAIN_S):
+        drain = ABORT_DRAIN_S if self.aborted else DRAIN_S
+        if self.collector is not None and not await self.collector.drain(drain):
             await self.collector.stop()
 
     def result(self, started: float) -> ProcessResult:

@@ -7,6 +7,7 @@ validation derive from ``OPS``; nothing else lists the ops.
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 from collections.abc import Callable, Mapping
@@ -405,6 +406,7 @@ LIST_RUNS = (
 )
 
 
+@functools.lru_cache(maxsize=8)
 def wandb_words(command: str) -> tuple[str, ...]:
     """The configured wandb command line, split into words (config, not agent input)."""
     words = tuple(shlex.split(command))

@@ -387,20 +387,23 @@ class _Stream:
     kind: str | None = None
 
 
-def _marker_pattern(mark: str) -> re.Pattern[str]:
-    # A marker line always starts with a newline of its own; one is added in front of
-    # the text so a marker on the very first line matches too.
-    return re.compile("\n" + re.escape(mark) + r" (start|begin|end|exit|kind)((?: \S+)*)\n")
+# Compiled once (a per-call pattern with the nonce in it cost a compile per call); the
+# nonce is matched as a group and compared.
+_MARKER_LINE = re.compile(r"\n@AEXP-([0-9a-f]{8,64})@ (start|begin|end|exit|kind)((?: \S+)*)\n")
 
 
-def _read_stream(text: str, pattern: re.Pattern[str]) -> _Stream:
+def _read_stream(text: str, nonce: str) -> _Stream:
     stream = _Stream()
+    # A marker line always starts with a newline of its own; one is added in front of the
+    # text so a marker on the very first line matches too.
     text = "\n" + text
     pos = 1
     open_name: str | None = None
     open_at = 0
-    for match in pattern.finditer(text):
-        word, args = match.group(1), match.group(2).split()
+    for match in _MARKER_LINE.finditer(text):
+        if match.group(1) != nonce:
+            continue  # another call's marker, or a look-alike: plain text
+        word, args = match.group(2), match.group(3).split()
         if not stream.started:
             if word != "start":
                 continue  # a marker look-alike printed by the login shell: part of its text
@@ -432,9 +435,9 @@ def _read_stream(text: str, pattern: re.Pattern[str]) -> _Stream:
 def parse_script_output(stdout: str, stderr: str, nonce: str) -> ScriptOutput:
     """Cut both streams at the markers. Output before the start marker (the login shell's)
     and output outside any step's begin/end never reaches a section."""
-    pattern = _marker_pattern(marker(nonce))
-    out = _read_stream(stdout, pattern)
-    err = _read_stream(stderr, pattern)
+    marker(nonce)  # validates it
+    out = _read_stream(stdout, nonce)
+    err = _read_stream(stderr, nonce)
     sections: dict[str, Section] = {}
     for name in list(out.sections) + [n for n in err.sections if n not in out.sections]:
         o, e = out.sections.get(name), err.sections.get(name)

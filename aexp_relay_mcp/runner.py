@@ -34,6 +34,9 @@ KILL_GRACE_S = 0.2
 # After the child exits, how long to keep reading pipes that a stray grandchild
 # may still hold open (a ControlMaster, a ProxyCommand) before closing them.
 PIPE_DRAIN_S = 0.3
+# After a timeout or cancel: an ssh client that handed our pipes to a ControlMaster leaves
+# them open until the remote side ends, which waits on our own remote kill.
+STOPPED_DRAIN_S = 0.01
 TAIL_BYTES = 64 * 1024
 ELISION = b"\n[... output truncated ...]\n"
 
@@ -275,11 +278,13 @@ async def _supervise(
         raise
 
 
-async def _drain(proc: asyncio.subprocess.Process, collector: OutputCollector) -> None:
-    if not await collector.drain(PIPE_DRAIN_S):
+async def _drain(
+    proc: asyncio.subprocess.Process, collector: OutputCollector, wait_s: float = PIPE_DRAIN_S
+) -> None:
+    if not await collector.drain(wait_s):
         # Something in the child's group still holds our pipes: end it.
         kill_group(proc.pid, signal.SIGKILL)
-        if not await collector.drain(PIPE_DRAIN_S):
+        if not await collector.drain(wait_s):
             await collector.stop()
 
 
@@ -293,4 +298,4 @@ async def _stop(proc: asyncio.subprocess.Process, collector: OutputCollector) ->
             await proc.wait()
     # The leader may be gone while others in its group live on.
     kill_group(proc.pid, signal.SIGKILL)
-    await _drain(proc, collector)
+    await _drain(proc, collector, STOPPED_DRAIN_S)
