@@ -47,6 +47,8 @@ S_SESSION_OPENED = 0x80000006
 S_TTY_ALLOC_FAIL = 0x80000008
 NO_ESCAPE_CHAR = 0xFFFFFFFF
 MAX_PACKET = 256 * 1024
+# A master answers HELLO at once (it is a local process); one that does not is stuck.
+HELLO_TIMEOUT_S = 3.0
 # How long pipes may stay open after the master closed the session.
 DRAIN_S = 0.3
 # After an abort or a timeout: the master keeps the pipes until the remote side ends,
@@ -62,11 +64,13 @@ class MuxError(Exception):
 
 
 class MasterUnavailable(MuxError):
-    """Nothing usable listens at the path. ``stale``: a socket file with no master behind it."""
+    """Nothing usable listens at the path. ``stale``: a socket file with no master behind
+    it; ``wedged``: a master that accepts but never answers (stopped, or stuck)."""
 
-    def __init__(self, message: str, *, stale: bool = False) -> None:
+    def __init__(self, message: str, *, stale: bool = False, wedged: bool = False) -> None:
         super().__init__(message)
         self.stale = stale
+        self.wedged = wedged
 
 
 class SessionRefused(MuxError):
@@ -117,6 +121,15 @@ class _Control:
 
     @classmethod
     async def open(cls, path: str) -> _Control:
+        try:
+            return await asyncio.wait_for(cls._open(path), HELLO_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise MasterUnavailable(
+                f"the master at {path} did not answer within {HELLO_TIMEOUT_S:g} s", wedged=True
+            ) from None
+
+    @classmethod
+    async def _open(cls, path: str) -> _Control:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.setblocking(False)
         try:
@@ -131,7 +144,10 @@ class _Control:
         control = cls(sock)
         try:
             await control.send(_u32(MSG_HELLO), _u32(MUX_VERSION))
-            body = await control.read()
+            try:
+                body = await control.read()
+            except EOFError:
+                raise MasterUnavailable("the master closed the connection at HELLO") from None
             kind, offset = _take_u32(body, 0)
             version, _ = _take_u32(body, offset)
             if kind != MSG_HELLO or version != MUX_VERSION:

@@ -61,10 +61,16 @@ class Transport:
         self.runner = runner
         self.env = env
         self.clock = clock
+        # Masters that are alive but would not talk to our client (another protocol
+        # version): an ssh client talks to them for us.
+        self._spawn_only: set[str] = set()
 
-    @property
-    def native(self) -> bool:
-        return self.config.mux_client == "native" and not self.config.ssh_verbose
+    def native(self, path: str) -> bool:
+        return (
+            self.config.mux_client == "native"
+            and not self.config.ssh_verbose
+            and path not in self._spawn_only
+        )
 
     async def run(
         self,
@@ -93,10 +99,17 @@ class Transport:
                     return await self._over_master(
                         host, route, command, deadline, on_stderr, on_start, verbose_log
                     )
-            except mux.MasterUnavailable:
-                # The master died between the check and the call: the next round starts
-                # a new one (or connects directly).
-                self.connections.forget(route.control_path)
+            except mux.MasterUnavailable as exc:
+                if exc.wedged:
+                    # It accepts and never answers: ssh's own client would hang on it too.
+                    break
+                if mux.socket_accepts(route.control_path):
+                    # Alive, but not a master our client can talk to: ssh's own can.
+                    self._spawn_only.add(route.control_path)
+                else:
+                    # It died between the check and the call: the next round starts a
+                    # new one (or connects directly).
+                    self.connections.forget(route.control_path)
         result = await self._spawn(
             host, command, [], deadline, on_stderr, on_start, verbose_log, direct=True
         )
@@ -129,7 +142,7 @@ class Transport:
     ) -> RemoteRun:
         path = route.control_path
         assert path is not None
-        if not self.native:
+        if not self.native(path):
             options = [f"ControlPath={path}"]
             result = await self._spawn(
                 host, command, options, deadline, on_stderr, on_start, verbose_log, direct=False
@@ -241,7 +254,7 @@ class Transport:
         route = await self._route(host, deadline)
         started = self.clock()
         try:
-            if route.control_path is not None and self.native:
+            if route.control_path is not None and self.native(route.control_path):
                 await mux.run_session(
                     route.control_path,
                     NO_SHELL_PROBE,

@@ -186,3 +186,58 @@ def test_the_remote_kill_uses_kill_only_for_a_group_that_ignores_term() -> None:
 def test_the_remote_kill_refuses_process_group_one() -> None:
     with pytest.raises(ValueError):
         build_kill_command(1)
+
+
+@pytest.mark.sshd
+async def test_a_master_our_client_cannot_talk_to_is_handed_to_a_spawned_ssh(
+    sandbox: Sandbox,
+) -> None:
+    """A live socket whose master speaks another protocol version: no fresh login of our
+    own; ssh's client gets the call (and falls back as ssh does)."""
+    import contextlib
+    import socket
+    import struct
+    import threading
+
+    client = RelayClient(config=sandbox.config())
+    path = await client.connections.control_path(HOST_ALIAS)
+    assert path is not None
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen(8)
+
+    def speak_version_3() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn, contextlib.suppress(OSError):  # the relay's liveness probe hangs up
+                conn.sendall(struct.pack(">III", 8, 1, 3))  # HELLO, version 3
+
+    threading.Thread(target=speak_version_3, daemon=True).start()
+    try:
+        result = await client.request("repo_status")
+    finally:
+        server.close()
+    assert isinstance(result, RepoStatus) and result.branch == "main"
+    final = json.loads(sandbox.audit_log.read_text().splitlines()[-1])
+    assert final["via"] == "ssh" and final["outcome"] == "ok"
+
+
+@pytest.mark.sshd
+async def test_a_master_that_never_answers_does_not_hold_the_call(sandbox: Sandbox) -> None:
+    """A stopped master accepts connections and never answers: the call connects directly
+    within seconds instead of waiting out its timeout."""
+    client = RelayClient(config=sandbox.config())
+    await client.request("repo_status")
+    [master] = sandbox.processes(masters=True)
+    os.kill(master, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        result = await client.request("repo_status", timeout=30)
+        assert isinstance(result, RepoStatus) and time.monotonic() - started < 10
+    finally:
+        os.kill(master, signal.SIGCONT)
+    final = json.loads(sandbox.audit_log.read_text().splitlines()[-1])
+    assert final["via"] == "direct"
