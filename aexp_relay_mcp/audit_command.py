@@ -74,7 +74,7 @@ def render_report(report: AuditReport, since: str) -> str:
         )
         for c in report.calls
     ]
-    header = ("started", "op", "outcome", "took", "via", "request_id", "host:repo")
+    header = ("started", "op", "outcome", "took", "from", "request_id", "host:repo")
     widths = [max(len(r[i]) for r in [*rows, header]) for i in range(len(header) - 1)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=False)) + "  host:repo"]
     for row in rows:

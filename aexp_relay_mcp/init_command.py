@@ -37,12 +37,14 @@ class InitOutcome:
 
 
 def server_command() -> tuple[str, list[str]]:
-    """The installed ``aexp-relay-mcp``: bare when on PATH, absolute otherwise."""
-    if shutil.which("aexp-relay-mcp"):
-        return "aexp-relay-mcp", ["serve"]
+    """This installation's ``aexp-relay-mcp``, by absolute path: MCP clients start servers
+    without the PATH set-up of your shell (pipx's ~/.local/bin is often missing there)."""
     beside = Path(sys.executable).parent / "aexp-relay-mcp"
     if beside.exists():
         return str(beside), ["serve"]
+    found = shutil.which("aexp-relay-mcp")
+    if found:
+        return str(Path(found).resolve()), ["serve"]
     return sys.executable, ["-m", "aexp_relay_mcp", "serve"]
 
 
@@ -193,8 +195,9 @@ def next_steps(host: str, repo: str, outcome: InitOutcome) -> str:
     return f"""Next steps:
   1. Keys: load your key into ssh-agent (`ssh-add`), so no prompt is needed; do not remove
      the key's passphrase. Check with: ssh {alias} true
-  2. MFA / Duo clusters: run `aexp-relay-mcp connect {q_host}` once in a terminal; the
-     relay reuses that login until it has been idle for 10 minutes.
+  2. MFA / Duo clusters: run `aexp-relay-mcp connect {q_host}` once in a terminal; every
+     call, from every agent session, reuses that login until `aexp-relay-mcp disconnect`
+     (or 12 idle hours).
   3. Restart your MCP client, or reconnect it (`/mcp` in Claude Code), to load the server.
   4. Instead of the file, Claude Code can register it directly:
        claude mcp add {SERVER_KEY} {env} -- {shlex.join([command, *args])}

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -48,10 +48,11 @@ def expect(condition: object, detail: str) -> None:
 
 
 def server_command() -> tuple[str, list[str]]:
-    """The installed console script when on PATH, else this interpreter's -m."""
-    exe = shutil.which("aexp-relay-mcp")
-    if exe:
-        return exe, ["serve"]
+    """This installation's server: the console script beside this interpreter, else
+    ``python -m``. Never whatever ``aexp-relay-mcp`` happens to be first on PATH."""
+    beside = Path(sys.executable).parent / "aexp-relay-mcp"
+    if beside.exists():
+        return str(beside), ["serve"]
     return sys.executable, ["-m", "aexp_relay_mcp", "serve"]
 
 

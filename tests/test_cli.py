@@ -348,3 +348,28 @@ def test_printed_commands_keep_a_remote_tilde_path_unexpanded(
     )  # fmt: skip
     assert "AEXP_RELAY_REMOTE_REPO=~/projects/exp" in echoed.stdout.splitlines()
     assert "/local/home" not in echoed.stdout
+
+
+def test_an_install_holds_every_package_of_the_source_tree() -> None:
+    """A non-editable install (pip install ., pipx) must have what the source tree has: a
+    subpackage missing from the build once broke `--selftest` for every pipx user, while
+    editable installs hid it. setuptools resolves pyproject.toml's package list offline."""
+    import warnings
+
+    from setuptools.config.pyprojecttoml import apply_configuration
+    from setuptools.dist import Distribution
+
+    root = Path(__file__).parent.parent
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            packaged = set(apply_configuration(Distribution(), "pyproject.toml").packages)
+    finally:
+        os.chdir(cwd)
+    source = {
+        ".".join(p.parent.relative_to(root).parts)
+        for p in (root / "aexp_relay_mcp").rglob("__init__.py")
+    }
+    assert source == packaged, (sorted(source), sorted(packaged))
