@@ -163,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument(
         "--realistic",
         action="store_true",
+        dest="sandbox_realistic",
         help="a noisy, slow login shell (banner on stdout, notices on stderr, 0.3 s start-up)",
     )
     return parser
@@ -194,7 +195,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "sandbox":
         from .sandbox_command import run_sandbox
 
-        return run_sandbox(realistic=args.realistic)
+        return run_sandbox(realistic=args.sandbox_realistic)
     if args.verb == "audit":
         from .audit_command import run_audit
         from .config import RelayConfig

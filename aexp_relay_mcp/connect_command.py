@@ -21,12 +21,21 @@ from .remote import validate_host
 EXIT_OK, EXIT_USAGE, EXIT_UNREACHABLE = 0, 2, 3
 
 
-def _manager(host_arg: str | None) -> tuple[ConnectionManager, str, str] | int:
+def _manager(verb: str, host_arg: str | None) -> tuple[ConnectionManager, str, str] | int:
     try:
         config = RelayConfig.from_env()
+        if not (host_arg or config.ssh_host):
+            print(
+                f"aexp-relay-mcp {verb}: no ssh host given. Name it "
+                f"(`aexp-relay-mcp {verb} mycluster`) or set AEXP_RELAY_SSH_HOST.",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
         host = validate_host(host_arg or config.ssh_host)
     except RelayError as exc:
-        print(f"aexp-relay-mcp: {exc}", file=sys.stderr)
+        from .cli import cli_surface
+
+        print(f"aexp-relay-mcp {verb}: {exc.render(cli_surface())}", file=sys.stderr)
         return EXIT_USAGE
     manager = ConnectionManager(config)
     if not manager.enabled:
@@ -44,7 +53,7 @@ def _manager(host_arg: str | None) -> tuple[ConnectionManager, str, str] | int:
 
 
 def connect(host_arg: str | None) -> int:
-    found = _manager(host_arg)
+    found = _manager("connect", host_arg)
     if isinstance(found, int):
         return found
     manager, host, path = found
@@ -66,7 +75,7 @@ def connect(host_arg: str | None) -> int:
 
 
 def disconnect(host_arg: str | None) -> int:
-    found = _manager(host_arg)
+    found = _manager("disconnect", host_arg)
     if isinstance(found, int):
         return found
     manager, host, _ = found

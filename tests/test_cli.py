@@ -373,3 +373,19 @@ def test_an_install_holds_every_package_of_the_source_tree() -> None:
         for p in (root / "aexp_relay_mcp").rglob("__init__.py")
     }
     assert source == packaged, (sorted(source), sorted(packaged))
+
+
+def test_sandbox_realistic_is_the_sandbox_s_own_flag_not_the_selftest_s() -> None:
+    args = build_parser().parse_args(["sandbox", "--realistic"])
+    assert args.sandbox_realistic is True and args.realistic is False
+    assert main(["--realistic"]) == 2  # without --selftest it means nothing
+
+
+@pytest.mark.parametrize("verb", ["connect", "disconnect"])
+def test_connect_without_a_host_says_how_to_name_one(
+    verb: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("AEXP_RELAY_SSH_HOST", raising=False)
+    assert main([verb]) == 2
+    err = capsys.readouterr().err
+    assert f"aexp-relay-mcp {verb} mycluster" in err and "ssh_host" not in err
