@@ -324,18 +324,17 @@ async def spawn_to_tools_list(command: str, args: list[str], env: dict[str, str]
 
 
 def cold_start(sb: Sandbox, rounds: int) -> dict[str, list[float]]:
+    """Spawn to tools/list answered, the relay against a one-tool MCPServer. The two take
+    turns going first (ABBA), so the machine's drift and caches hit both alike."""
     minimal = sb.root / "minimal_server.py"
     minimal.write_text(MINIMAL_SERVER)
+    relay = (sys.executable, ["-m", "aexp_relay_mcp", "serve"], sb.env())
+    plain = (sys.executable, [str(minimal)], {})
     out: dict[str, list[float]] = {"cold start, relay": [], "cold start, minimal": []}
-    for _ in range(rounds):
-        out["cold start, relay"].append(
-            asyncio.run(
-                spawn_to_tools_list(sys.executable, ["-m", "aexp_relay_mcp", "serve"], sb.env())
-            )
-        )
-        out["cold start, minimal"].append(
-            asyncio.run(spawn_to_tools_list(sys.executable, [str(minimal)], {}))
-        )
+    for i in range(rounds):
+        order = [("cold start, relay", relay), ("cold start, minimal", plain)]
+        for name, (command, args, env) in order if i % 2 == 0 else reversed(order):
+            out[name].append(asyncio.run(spawn_to_tools_list(command, args, env)))
     return out
 
 
@@ -376,7 +375,7 @@ def percentile(values: list[float], q: float) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=30)
-    parser.add_argument("--cold-rounds", type=int, default=8)
+    parser.add_argument("--cold-rounds", type=int, default=16)
     parser.add_argument("--hang-rounds", type=int, default=5)
     parser.add_argument("--timeout", type=float, default=2.0, help="T for the hang case")
     parser.add_argument("--json", type=Path, default=HERE / "results" / "latest.json")
