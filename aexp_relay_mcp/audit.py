@@ -156,7 +156,7 @@ def read_audit(
 ) -> AuditReport:
     """Pair the log's lines by request_id, oldest first; calls older than since_s left out."""
     now = now or _dt.datetime.now(_dt.timezone.utc)
-    alive = alive or _relay_process_alive
+    alive = alive or _relay_processes()
     cutoff = now - _dt.timedelta(seconds=since_s) if since_s else None
     started: dict[str, dict[str, Any]] = {}
     finals: dict[str, dict[str, Any]] = {}
@@ -213,14 +213,17 @@ def _pair(
     )
 
 
-def _relay_process_alive(pid: int) -> bool:
-    """Whether pid still runs and is this relay (not a recycled pid of something else)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    from .procs import process_table
+def _relay_processes() -> Callable[[int], bool]:
+    """Whether a pid is a running relay process (not a recycled pid of something else).
+    The process table is read once per report, however many calls never ended."""
+    pids: set[int] | None = None
 
-    return any(p.pid == pid and "aexp" in p.cmdline for p in process_table())
+    def alive(pid: int) -> bool:
+        nonlocal pids
+        if pids is None:
+            from .procs import process_table
+
+            pids = {p.pid for p in process_table() if p.state != "Z" and "aexp" in p.cmdline}
+        return pid in pids
+
+    return alive

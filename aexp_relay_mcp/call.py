@@ -18,6 +18,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from .audit import AuditLog
@@ -104,10 +105,10 @@ class Call:
         self.live.add(self)
         self.audit.record(**self._fields(), outcome="started")
 
-    def finish(self, outcome: str, kind: str | None = None, exit_code: int | None = None) -> bool:
-        """The final audit line: written once; False if the call had already ended."""
+    def finish(self, outcome: str, kind: str | None = None, exit_code: int | None = None) -> None:
+        """The final audit line: written once; later calls change nothing."""
         if self.outcome is not None:
-            return False
+            return
         self.outcome = outcome
         self.live.discard(self)
         self.audit.record(
@@ -118,7 +119,6 @@ class Call:
             exit_code=exit_code,
             duration_s=round(self.elapsed, 4),
         )
-        return True
 
     async def run(
         self,
@@ -126,7 +126,7 @@ class Call:
         nonce: str,
         *,
         on_stderr: Callable[[bytes], None] | None = None,
-        verbose_log: Any = None,
+        verbose_log: Path | None = None,
     ) -> RemoteRun:
         """Run one remote command for this call; the start marker tells us its group."""
         assert self.host is not None
@@ -193,9 +193,6 @@ class LiveCalls:
 
     def discard(self, call: Call) -> None:
         self._calls.pop(call.request_id, None)
-
-    def __len__(self) -> int:
-        return len(self._calls)
 
     def interrupt_all(self) -> list[Call]:
         """End every live call (shutdown). Returns them, so the caller can wait until their

@@ -58,7 +58,6 @@ from .transport import Transport
 ProgressFn = Callable[[float, str], None]
 
 MAX_TIMEOUT_S = 24 * 3600.0
-CHECK_TIMEOUT_S = 30.0
 
 
 class RelayClient:
@@ -177,9 +176,7 @@ class RelayClient:
         remote_repo: str | None = None,
     ) -> None:
         """One audit line for a call an adapter refused before it reached ssh."""
-        call = self.new_call(op, args, ssh_host, remote_repo)
-        error.request_id = error.request_id or call.request_id
-        self.fail(call, error)
+        self.fail(self.new_call(op, args, ssh_host, remote_repo), error)
 
     # ------------------------------------------------------------------ the pieces
 
@@ -357,8 +354,7 @@ class RelayClient:
             hint="Retry with a larger {arg:timeout} if the op is slow (big fetch, slow "
             "filesystem); run {op:status} to check the connection." + _verbose_hint(verbose_log),
             stderr_tail=tail(partial.stderr + _log_tail(verbose_log)),
-            details={"timeout_s": round(limit, 3)},
-        )
+        )  # fail() adds timeout_s, as for every timeout
 
     def _ssh_missing(self) -> RelayDownError:
         return RelayDownError(

@@ -285,7 +285,7 @@ class ConnectionManager:
                     break
                 except BlockingIOError:
                     if self.clock() >= deadline:
-                        raise _master_start_timeout(host) from None
+                        raise master_start_timeout(host) from None
                     await asyncio.sleep(LOCK_POLL_S)
             yield
         finally:
@@ -334,7 +334,7 @@ class ConnectionManager:
             kill_group(proc.pid, signal.SIGKILL)
             await proc.wait()
             if self.clock() >= deadline:
-                raise _master_start_timeout(host) from None
+                raise master_start_timeout(host) from None
             code = None
         except asyncio.CancelledError:
             kill_group(proc.pid, signal.SIGKILL)
@@ -436,7 +436,8 @@ class ConnectionManager:
         ]  # fmt: skip
 
 
-def _master_start_timeout(host: str) -> RelayTimeoutError:
+def master_start_timeout(host: str) -> RelayTimeoutError:
+    """Starting the shared connection ran past the call's deadline."""
     return RelayTimeoutError(
         f"Could not connect to {host} within the call's timeout (starting the shared "
         "ssh connection hung: a ProxyCommand/ProxyJump, the network, or a login prompt).",

@@ -31,7 +31,7 @@ import struct
 import time
 from collections.abc import Callable
 
-from .runner import Abort, Execution, OutputCollector, ProcessResult, ProcessTimeout
+from .runner import Execution, OnStart, OutputCollector, ProcessResult, ProcessTimeout
 
 MUX_VERSION = 4
 MSG_HELLO = 0x00000001
@@ -207,48 +207,43 @@ class _Control:
             self.sock.close()
 
 
-async def alive_check(path: str, timeout: float = 2.0) -> int | None:
-    """The master's pid, or None when no master answers at path."""
+async def _one_request(path: str, message: int, timeout: float) -> bytes | None:
+    """One request on a fresh control connection: the reply's body, or None if the master
+    hung up before answering."""
 
-    async def ask() -> int:
+    async def ask() -> bytes | None:
         control = await _Control.open(path)
         try:
-            rid = control.request_id()
-            await control.send(_u32(C_ALIVE_CHECK), _u32(rid))
-            body = await control.read()
-            kind, offset = _take_u32(body, 0)
-            if kind != S_ALIVE:
-                raise MasterUnavailable("the master did not answer the alive check")
-            _, offset = _take_u32(body, offset)
-            pid, _ = _take_u32(body, offset)
-            return pid
+            await control.send(_u32(message), _u32(control.request_id()))
+            try:
+                return await control.read()
+            except EOFError:
+                return None
         finally:
             control.close()
 
+    return await asyncio.wait_for(ask(), timeout)
+
+
+async def alive_check(path: str, timeout: float = 2.0) -> int | None:
+    """The master's pid, or None when no master answers at path."""
     try:
-        return await asyncio.wait_for(ask(), timeout)
-    except (MuxError, EOFError, asyncio.TimeoutError):
+        body = await _one_request(path, C_ALIVE_CHECK, timeout)
+        if body is None or _take_u32(body, 0)[0] != S_ALIVE:
+            return None
+        return _take_u32(body, 8)[0]  # after the type and the request id
+    except (MuxError, asyncio.TimeoutError):
         return None
 
 
 async def terminate(path: str, timeout: float = 2.0) -> bool:
     """Ask the master at path to exit (what ``ssh -O exit`` does)."""
-
-    async def ask() -> bool:
-        control = await _Control.open(path)
-        try:
-            await control.send(_u32(C_TERMINATE), _u32(control.request_id()))
-            with contextlib.suppress(EOFError):
-                body = await control.read()
-                return _take_u32(body, 0)[0] == S_OK
-            return True  # the master may exit before its answer makes it out
-        finally:
-            control.close()
-
     try:
-        return await asyncio.wait_for(ask(), timeout)
+        body = await _one_request(path, C_TERMINATE, timeout)
     except (MuxError, asyncio.TimeoutError):
         return False
+    # The master may exit before its answer makes it out.
+    return body is None or _take_u32(body, 0)[0] == S_OK
 
 
 async def run_session(
@@ -258,7 +253,7 @@ async def run_session(
     timeout: float,
     output_cap: int,
     on_stderr: Callable[[bytes], None] | None = None,
-    on_start: Abort | None = None,
+    on_start: OnStart | None = None,
     subsystem: bool = False,
 ) -> ProcessResult:
     """Run command in a new session of the master at path; like ``runner.run_process``.
@@ -326,7 +321,7 @@ class _Session:
         if self.task is not None:
             self.task.cancel()
 
-    async def run(self, on_start: Abort | None) -> None:
+    async def run(self, on_start: OnStart | None) -> None:
         self.control = await _Control.open(self.path)
         if self.aborted:  # aborted while connecting
             self.control.close()

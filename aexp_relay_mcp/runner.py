@@ -121,7 +121,7 @@ class Execution:
     pid: int | None
 
 
-Abort = Callable[[Execution], None]  # the on_start callback: receives the execution
+OnStart = Callable[[Execution], None]  # hands the caller the command under way
 
 
 class Runner(Protocol):
@@ -133,7 +133,7 @@ class Runner(Protocol):
         output_cap: int,
         env: Mapping[str, str] | None = None,
         on_stderr: Callable[[bytes], None] | None = None,
-        on_start: Abort | None = None,
+        on_start: OnStart | None = None,
     ) -> ProcessResult: ...
 
 
@@ -214,7 +214,7 @@ async def run_process(
     output_cap: int,
     env: Mapping[str, str] | None = None,
     on_stderr: Callable[[bytes], None] | None = None,
-    on_start: Abort | None = None,
+    on_start: OnStart | None = None,
 ) -> ProcessResult:
     """Run argv to completion, timeout or cancellation. See the module docstring.
 

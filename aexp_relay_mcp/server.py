@@ -253,10 +253,9 @@ def describe_preview(preview: WandbPreview, host: str, repo: str) -> str:
     return "\n".join(lines)
 
 
-ASK_IN_CONVERSATION = (
+ASK_THE_USER = (
     "Ask the user in the conversation whether to upload. If they agree, they can run "
-    "`aexp-relay-mcp wandb-sync --approve` in a terminal, or call {op:wandb_sync} with "
-    "{set:approve} again while they can answer the question."
+    "`aexp-relay-mcp wandb-sync --approve` in a terminal"
 )
 
 
@@ -279,13 +278,8 @@ def decide_consent(
                 "elicitation, and this client cannot show such a question. Nothing was "
                 "uploaded.",
                 kind="consent_unavailable",
-                hint="approve=true from the agent is not enough in this mode. "
-                + ASK_IN_CONVERSATION.replace(
-                    ", or call {op:wandb_sync} with {set:approve} again while they can answer "
-                    "the question",
-                    ", or set AEXP_RELAY_CONSENT=agent so that {set:approve} from the agent "
-                    "is enough",
-                ),
+                hint=f"approve=true from the agent is not enough in this mode. {ASK_THE_USER}, "
+                "or set AEXP_RELAY_CONSENT=agent so that {set:approve} from the agent is enough.",
             )
         if answer.state == "error" and answer.error is not None:
             raise answer.error
@@ -301,7 +295,8 @@ def decide_consent(
             "answers cancel). The user did not decide. Nothing was uploaded.",
             kind="consent_cancelled",
             preview=shown,
-            hint=ASK_IN_CONVERSATION,
+            hint=f"{ASK_THE_USER}, or call {{op:wandb_sync}} with {{set:approve}} again while "
+            "they can answer the question.",
         )
     raise ConsentError(
         "The user declined the upload. Nothing was uploaded.",
@@ -644,12 +639,19 @@ class StdinWatch:
         return any(events & ~select.POLLIN for _, events in poller.poll(0))
 
 
-def shut_down(client: RelayClient, code: int) -> None:
-    """End every live call (audit ``interrupted``, local side closed and reaped, remote
-    kill dispatched) and exit with code, without waiting on stdin or the network."""
+async def end_live_calls(client: RelayClient) -> None:
+    """Every way the server stops ends its calls this way: audit ``interrupted``, local side
+    closed, remote kill dispatched; then their local processes are reaped (briefly)."""
     interrupted = client.calls.interrupt_all()
     if interrupted:
         log.warning("shutting down: %d call(s) interrupted", len(interrupted))
+    deadline = time.monotonic() + REAP_WAIT_S
+    while not all(c.reaped for c in interrupted) and time.monotonic() < deadline:
+        await anyio.sleep(0.005)
+
+
+def exit_now(code: int) -> None:
+    """Exit without waiting on stdin (an SDK thread may still be reading it)."""
     sys.stderr.flush()
     os._exit(code)
 
@@ -658,16 +660,13 @@ async def _serve(server: MCPServer, client: RelayClient) -> None:
     async def on_signals() -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async for signum in signals:
-                # Let interrupted calls reap their local processes, briefly, then exit.
-                interrupted = client.calls.interrupt_all()
-                deadline = time.monotonic() + REAP_WAIT_S
-                while not all(c.reaped for c in interrupted) and time.monotonic() < deadline:
-                    await anyio.sleep(0.005)
-                shut_down(client, 128 + int(signum))
+                await end_live_calls(client)
+                exit_now(128 + int(signum))
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(on_signals)
         await server.run_stdio_async()
+        await end_live_calls(client)  # stdin closed
         tg.cancel_scope.cancel()
 
 
@@ -683,5 +682,5 @@ def serve(config: RelayConfig | None = None) -> int:
     client.shutting_down = StdinWatch().hung_up
     server = build_server(client, cfg)
     anyio.run(_serve, server, client)
-    shut_down(client, 0)  # stdin closed
+    exit_now(0)
     return 0

@@ -26,10 +26,10 @@ from pathlib import Path
 
 from . import mux
 from .config import RelayConfig
-from .connection import ConnectionManager, Route
+from .connection import ConnectionManager, Route, master_start_timeout
 from .errors import RelayError, RelayTimeoutError
 from .remote import KILL_DONE, build_kill_command, build_ssh_argv
-from .runner import Abort, ProcessResult, ProcessTimeout, Runner, run_process
+from .runner import OnStart, ProcessResult, ProcessTimeout, Runner, run_process
 
 REFUSED_RETRY_S = 0.05
 # The probe `status` compares a shell-starting call with: a subsystem nobody defines,
@@ -79,7 +79,7 @@ class Transport:
         *,
         deadline: float,
         on_stderr: Callable[[bytes], None] | None = None,
-        on_start: Abort | None = None,
+        on_start: OnStart | None = None,
         verbose_log: Path | None = None,
         use_slot: bool = True,
     ) -> RemoteRun:
@@ -110,9 +110,7 @@ class Transport:
                     # It died between the check and the call: the next round starts a
                     # new one (or connects directly).
                     self.connections.forget(route.control_path)
-        result = await self._spawn(
-            host, command, [], deadline, on_stderr, on_start, verbose_log, direct=True
-        )
+        result = await self._spawn(host, command, [], deadline, on_stderr, on_start, verbose_log)
         return RemoteRun(result, multiplexed=False, via="direct")
 
     async def _route(self, host: str, deadline: float) -> Route:
@@ -121,14 +119,7 @@ class Transport:
                 self.connections.route(host, deadline), max(0.01, deadline - self.clock())
             )
         except asyncio.TimeoutError:
-            raise RelayTimeoutError(
-                f"Could not connect to {host} within the call's timeout (starting the shared "
-                "ssh connection hung: a ProxyCommand/ProxyJump, the network, or a login "
-                "prompt).",
-                hint="Check the host with plain ssh in a terminal; for MFA clusters run "
-                "`aexp-relay-mcp connect` once. Set AEXP_RELAY_CONTROL_PERSIST=no to "
-                "connect directly.",
-            ) from None
+            raise master_start_timeout(host) from None
 
     async def _over_master(
         self,
@@ -137,7 +128,7 @@ class Transport:
         command: str,
         deadline: float,
         on_stderr: Callable[[bytes], None] | None,
-        on_start: Abort | None,
+        on_start: OnStart | None,
         verbose_log: Path | None,
     ) -> RemoteRun:
         path = route.control_path
@@ -145,7 +136,7 @@ class Transport:
         if not self.native(path):
             options = [f"ControlPath={path}"]
             result = await self._spawn(
-                host, command, options, deadline, on_stderr, on_start, verbose_log, direct=False
+                host, command, options, deadline, on_stderr, on_start, verbose_log
             )
             self.connections.note_result(path, result.stderr)
             return RemoteRun(result, multiplexed=True, via="ssh")
@@ -196,10 +187,8 @@ class Transport:
         options: Sequence[str],
         deadline: float,
         on_stderr: Callable[[bytes], None] | None,
-        on_start: Abort | None,
+        on_start: OnStart | None,
         verbose_log: Path | None,
-        *,
-        direct: bool,
     ) -> ProcessResult:
         argv = self.ssh_argv(host, command, options, verbose_log)
         return await self.runner(
