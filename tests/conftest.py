@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,11 +36,22 @@ def need_sshd() -> None:
     pytest.skip(reason)
 
 
+# Login-shell profiles for tests that must hold on both (the noisy one is slower).
+BOTH_PROFILES = ["clean", pytest.param("noisy", marks=pytest.mark.realism)]
+
+
+@contextlib.contextmanager
+def running_sandbox(**options: Any) -> Iterator[Sandbox]:
+    """A sandbox with these options (see ``Sandbox``), or a skip when sshd is missing."""
+    need_sshd()
+    with Sandbox(**options) as sb:
+        yield sb
+
+
 @pytest.fixture
 def sandbox() -> Iterator[Sandbox]:
     """A fresh sandbox per test: mutating tests never see each other's commits."""
-    need_sshd()
-    with Sandbox() as sb:
+    with running_sandbox() as sb:
         yield sb
 
 
@@ -82,6 +96,19 @@ def snapshot(sb: Sandbox, repo: Path) -> dict[str, str]:
             if p.is_file() and ".git" not in p.relative_to(repo).parts
         ),
     }
+
+
+async def calls_held_at_once(
+    sb: Sandbox, client: RelayClient, calls: int, hold_s: float
+) -> tuple[list[Any], int]:
+    """``calls`` repo_status calls at once, each holding its session ``hold_s`` seconds
+    (after a first call that starts the master): their results, and how many logins they
+    made."""
+    await client.request("repo_status")
+    slow_status(sb, hold_s)
+    before = sb.logins()
+    results = await asyncio.gather(*(client.request("repo_status") for _ in range(calls)))
+    return list(results), sb.logins() - before
 
 
 def slow_status(sb: Sandbox, seconds: float) -> None:

@@ -15,7 +15,7 @@ from aexp_relay_mcp import RelayClient
 from aexp_relay_mcp.results import RepoStatus
 from aexp_relay_mcp.sandbox import HOST_ALIAS, Sandbox
 
-from .conftest import slow_status, wait_until
+from .conftest import calls_held_at_once, wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.sshd]
 
@@ -48,14 +48,10 @@ async def test_twenty_parallel_calls_never_fall_back_to_fresh_logins(
     default) and, when the server refuses a session anyway, waits for one: even a limit of
     20 makes no second login, and every call succeeds."""
     client = RelayClient(config=sandbox.config(max_sessions=limit))
-    await client.request("repo_status")
-    # Make each status hold its session for a second (a slow fsmonitor hook), so 20 calls
-    # really are open at once.
-    slow_status(sandbox, 1)
-    before = sandbox.logins()
-    results = await asyncio.gather(*(client.request("repo_status") for _ in range(20)))
+    # Each status holds its session for a second, so 20 calls really are open at once.
+    results, logins = await calls_held_at_once(sandbox, client, 20, 1)
     assert all(isinstance(r, RepoStatus) for r in results)
-    assert sandbox.logins() == before
+    assert logins == 0
 
 
 async def test_without_reuse_every_call_logs_in(sandbox: Sandbox) -> None:

@@ -19,7 +19,7 @@ from aexp_relay_mcp.audit import AuditLog, parse_since, read_audit
 from aexp_relay_mcp.sandbox import Sandbox
 from aexp_relay_mcp.stdio_driver import StdioServer
 
-from .conftest import need_sshd, processes_matching, wait_until
+from .conftest import BOTH_PROFILES, processes_matching, running_sandbox, wait_until
 
 
 def hang_tag() -> str:
@@ -51,10 +51,9 @@ def nothing_left(sb: Sandbox, server: StdioServer, tag: str) -> bool:
     )
 
 
-@pytest.fixture(params=["clean", pytest.param("noisy", marks=pytest.mark.realism)])
+@pytest.fixture(params=BOTH_PROFILES)
 def sandbox(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
-    need_sshd()
-    with Sandbox(profile=request.param) as sb:
+    with running_sandbox(profile=request.param) as sb:
         yield sb
 
 

@@ -26,7 +26,7 @@ from aexp_relay_mcp.results import RepoStatus, WandbSyncResult
 from aexp_relay_mcp.sandbox import JUMP_ALIAS, MFA_ALIAS, MFA_PASSWORD, Sandbox
 from aexp_relay_mcp.selftest_realistic import _session_calls
 
-from .conftest import need_sshd, processes_matching, wait_until
+from .conftest import processes_matching, running_sandbox, wait_until
 
 pytestmark = [pytest.mark.anyio]
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (another user, a password)")
@@ -86,8 +86,7 @@ def test_a_missing_section_is_unparseable_output_never_a_null(op: str) -> None:
 @pytest.mark.sshd
 @pytest.mark.realism
 async def test_status_says_the_login_shell_prints_and_what_it_costs() -> None:
-    need_sshd()
-    with Sandbox(profile="noisy") as sb:
+    with running_sandbox(profile="noisy") as sb:
         noisy = await RelayClient(config=sb.config()).check_connection()
         sb.set_profile("clean")
         clean = await RelayClient(config=sb.config()).check_connection()
@@ -116,21 +115,14 @@ GIT_CALLS = [
 ]
 
 
-@pytest.fixture
-def root_sandbox() -> Iterator[Sandbox]:
-    need_sshd()
-    with Sandbox() as sb:
-        yield sb
-
-
 @ROOT_ONLY
 @pytest.mark.sshd
 @pytest.mark.parametrize(("op", "args"), GIT_CALLS)
 async def test_in_a_checkout_owned_by_another_user_every_op_says_dubious_ownership(
-    root_sandbox: Sandbox, op: str, args: dict[str, str]
+    sandbox: Sandbox, op: str, args: dict[str, str]
 ) -> None:
-    foreign = root_sandbox.foreign_clone()
-    client = RelayClient(config=root_sandbox.config(remote_repo=str(foreign)))
+    foreign = sandbox.foreign_clone()
+    client = RelayClient(config=sandbox.config(remote_repo=str(foreign)))
     with pytest.raises(RemoteCommandError) as err:
         await client.request(op, args)
     assert err.value.kind == "dubious_ownership", err.value
@@ -139,10 +131,10 @@ async def test_in_a_checkout_owned_by_another_user_every_op_says_dubious_ownersh
 
 @ROOT_ONLY
 @pytest.mark.sshd
-async def test_status_and_wandb_in_a_foreign_owned_checkout(root_sandbox: Sandbox) -> None:
+async def test_status_and_wandb_in_a_foreign_owned_checkout(sandbox: Sandbox) -> None:
     """status names the problem; wandb runs no git, so its preview still works there."""
-    foreign = root_sandbox.foreign_clone()
-    client = RelayClient(config=root_sandbox.config(remote_repo=str(foreign)))
+    foreign = sandbox.foreign_clone()
+    client = RelayClient(config=sandbox.config(remote_repo=str(foreign)))
     status = await client.check_connection()
     assert status.reachable and status.problem == "dubious_ownership"
     assert "safe.directory" in status.hint
@@ -217,8 +209,7 @@ def test_aexp_relay_wandb_dir_is_validated_like_the_repo_path(value: str) -> Non
 @pytest.mark.sshd
 @pytest.mark.realism
 async def test_three_servers_with_eight_calls_each_make_one_login_under_max_sessions_10() -> None:
-    need_sshd()
-    with Sandbox(max_sessions=10) as sb:
+    with running_sandbox(max_sessions=10) as sb:
         before = sb.logins()
         answers: list[dict[str, object]] = []
 
@@ -287,8 +278,7 @@ async def test_a_master_that_died_mid_session_is_replaced_by_the_next_call(
 
 @pytest.fixture
 def jump_sandbox() -> Iterator[Sandbox]:
-    need_sshd()
-    with Sandbox(bastion=True, profile="noisy") as sb:
+    with running_sandbox(bastion=True, profile="noisy") as sb:
         yield sb
 
 
@@ -325,10 +315,9 @@ async def test_a_timeout_through_a_bastion_leaves_nothing_behind(jump_sandbox: S
 
 @pytest.fixture
 def mfa_sandbox() -> Iterator[Sandbox]:
-    need_sshd()
     if os.geteuid() != 0:
         pytest.skip("the MFA stand-in checks a password, which needs root")
-    with Sandbox(mfa=True) as sb:
+    with running_sandbox(mfa=True) as sb:
         yield sb
 
 

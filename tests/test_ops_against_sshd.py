@@ -25,17 +25,16 @@ from aexp_relay_mcp.results import (
 )
 from aexp_relay_mcp.sandbox import Sandbox
 
-from .conftest import need_sshd, snapshot
+from .conftest import BOTH_PROFILES, running_sandbox, snapshot
 
 pytestmark = [pytest.mark.anyio, pytest.mark.sshd]
 
 
-@pytest.fixture(params=["clean", pytest.param("noisy", marks=pytest.mark.realism)])
+@pytest.fixture(params=BOTH_PROFILES)
 def sandbox(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
     """Every op test runs twice: on a clean account, and on a login node whose shell
     prints a banner on stdout, notices on stderr, and takes 0.3 s to start."""
-    need_sshd()
-    with Sandbox(profile=request.param) as sb:
+    with running_sandbox(profile=request.param) as sb:
         yield sb
 
 

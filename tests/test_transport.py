@@ -19,7 +19,7 @@ from aexp_relay_mcp.remote import KILL_DONE, build_kill_command
 from aexp_relay_mcp.results import RepoStatus
 from aexp_relay_mcp.sandbox import HOST_ALIAS, Sandbox
 
-from .conftest import need_sshd, slow_status, wait_until
+from .conftest import calls_held_at_once, running_sandbox, wait_until
 
 pytestmark = [pytest.mark.anyio]
 
@@ -85,8 +85,7 @@ async def test_no_master_at_a_path_is_master_unavailable_and_stale_is_told_apart
 
 @pytest.fixture
 def tight_sandbox() -> Iterator[Sandbox]:
-    need_sshd()
-    with Sandbox(max_sessions=2) as sb:
+    with running_sandbox(max_sessions=2) as sb:
         yield sb
 
 
@@ -96,14 +95,10 @@ async def test_a_session_the_server_refuses_is_retried_never_a_fresh_login(
 ) -> None:
     """sshd allows 2 sessions here; the relay is told 8. Refused sessions wait for a free
     one instead of logging in afresh (on an MFA host, a prompt)."""
-    sb = tight_sandbox
-    client = RelayClient(config=sb.config(max_sessions=8))
-    await client.request("repo_status")
-    slow_status(sb, 0.5)
-    before = sb.logins()
-    results = await asyncio.gather(*(client.request("repo_status") for _ in range(6)))
+    client = RelayClient(config=tight_sandbox.config(max_sessions=8))
+    results, logins = await calls_held_at_once(tight_sandbox, client, 6, 0.5)
     assert all(isinstance(r, RepoStatus) for r in results)
-    assert sb.logins() == before
+    assert logins == 0
 
 
 @pytest.mark.sshd
