@@ -31,8 +31,8 @@ from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
 from aexp_relay_mcp import RelayClient
-from aexp_relay_mcp.procs import process_table
 from aexp_relay_mcp.sandbox import HOST_ALIAS, Sandbox
+from aexp_relay_mcp.ssh.procs import process_table
 
 Case = Callable[[], Awaitable[None]]
 HERE = Path(__file__).parent

@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_relay import JsonRpcServer
 
 from aexp_relay_mcp import RelayClient
-from aexp_relay_mcp.mux import run_session
-from aexp_relay_mcp.ops import OPS, BuildContext, NoArgs
-from aexp_relay_mcp.remote import build_remote_command
+from aexp_relay_mcp.remote.ops import OPS, BuildContext, NoArgs
+from aexp_relay_mcp.remote.script import build_remote_command
 from aexp_relay_mcp.sandbox import HOST_ALIAS, Sandbox
+from aexp_relay_mcp.ssh.mux import run_session
 
 
 async def run(calls: int) -> dict[str, list[float]]:

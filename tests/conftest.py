@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from aexp_relay_mcp import RelayClient
-from aexp_relay_mcp.procs import process_table
 from aexp_relay_mcp.sandbox import Sandbox, sshd_available
+from aexp_relay_mcp.ssh.procs import process_table
 
 REQUIRE_SSHD = os.environ.get("AEXP_RELAY_REQUIRE_SSHD") == "1"
 

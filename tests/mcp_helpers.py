@@ -13,8 +13,8 @@ from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.types import CallToolResult
 
-from aexp_relay_mcp.procs import process_table
 from aexp_relay_mcp.sandbox import Sandbox
+from aexp_relay_mcp.ssh.procs import process_table
 
 SERVER_ARGS = ["-m", "aexp_relay_mcp", "serve"]
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from aexp_relay_mcp.cli import OP_VERBS, build_parser, main
-from aexp_relay_mcp.ops import OPS
+from aexp_relay_mcp.adapters.cli.main import build_parser, main
+from aexp_relay_mcp.adapters.cli.surface import OP_VERBS
+from aexp_relay_mcp.remote.ops import OPS
 from aexp_relay_mcp.sandbox import Sandbox
 
 from .conftest import processes_matching, wait_until
@@ -160,9 +161,9 @@ def test_ctrl_c_exits_130_and_kills_the_ssh_group(sandbox: Sandbox) -> None:
 def test_cli_verbs_other_than_serve_do_not_import_the_mcp_sdk() -> None:
     code = (
         "import sys\n"
-        "from aexp_relay_mcp.cli import main\n"
+        "from aexp_relay_mcp.adapters.cli.main import main\n"
         "main(['repo-status', '--host', 'no-such-host.invalid', '--repo', '/x'])\n"
-        "print('mcp' in sys.modules, 'aexp_relay_mcp.server' in sys.modules)\n"
+        "print('mcp' in sys.modules, 'aexp_relay_mcp.adapters.mcp.server' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip().splitlines()[-1] == "False False"
@@ -310,7 +311,7 @@ def test_connect_opens_a_shared_connection_that_calls_reuse_and_disconnect_close
 
 
 def test_colour_only_on_a_tty_and_never_with_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
-    from aexp_relay_mcp.cli import _style
+    from aexp_relay_mcp.adapters.cli.main import _style
 
     class Stream:
         def __init__(self, tty: bool) -> None:

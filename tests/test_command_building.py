@@ -12,18 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aexp_relay_mcp import RelayClient, RelayConfig, RelayValidationError, validate_request
-from aexp_relay_mcp.ops import OPS, BuildContext, build_check
-from aexp_relay_mcp.remote import (
-    Script,
-    build_remote_command,
-    build_ssh_argv,
-    parse_script_output,
-    quote,
-    quote_repo,
-    step,
-    validate_host,
-    validate_repo,
-)
+from aexp_relay_mcp.model.targets import validate_host, validate_repo
+from aexp_relay_mcp.remote.ops import OPS, BuildContext, build_check
+from aexp_relay_mcp.remote.output import parse_script_output
+from aexp_relay_mcp.remote.quoting import quote, quote_repo
+from aexp_relay_mcp.remote.script import Script, build_remote_command, step
+from aexp_relay_mcp.ssh.argv import build_ssh_argv
 
 NONCE = "0123456789abcdef"
 # Anything a shell word can hold: everything but NUL.

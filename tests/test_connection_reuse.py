@@ -12,7 +12,7 @@ import time
 import pytest
 
 from aexp_relay_mcp import RelayClient
-from aexp_relay_mcp.results import RepoStatus
+from aexp_relay_mcp.model.results import RepoStatus
 from aexp_relay_mcp.sandbox import HOST_ALIAS, Sandbox
 
 from .conftest import calls_held_at_once, wait_until

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from aexp_relay_mcp.audit import AuditLog, parse_since, read_audit
+from aexp_relay_mcp.adapters.selftest.stdio_driver import StdioServer
+from aexp_relay_mcp.relay.audit import AuditLog, parse_since, read_audit
 from aexp_relay_mcp.sandbox import Sandbox
-from aexp_relay_mcp.stdio_driver import StdioServer
 
 from .conftest import BOTH_PROFILES, processes_matching, running_sandbox, wait_until
 

@@ -18,13 +18,14 @@ import anyio
 import pytest
 
 from aexp_relay_mcp import RelayClient, RelayDownError, RelayValidationError, RemoteCommandError
-from aexp_relay_mcp.config import RelayConfig
-from aexp_relay_mcp.connection import ConnectionManager
-from aexp_relay_mcp.ops import OPS, NoArgs
-from aexp_relay_mcp.remote import Script, build_remote_command, parse_script_output, step
-from aexp_relay_mcp.results import RepoStatus, WandbSyncResult
+from aexp_relay_mcp.adapters.selftest.realistic import session_calls
+from aexp_relay_mcp.model.config import RelayConfig
+from aexp_relay_mcp.model.results import RepoStatus, WandbSyncResult
+from aexp_relay_mcp.remote.ops import OPS, NoArgs
+from aexp_relay_mcp.remote.output import parse_script_output
+from aexp_relay_mcp.remote.script import Script, build_remote_command, step
 from aexp_relay_mcp.sandbox import JUMP_ALIAS, MFA_ALIAS, MFA_PASSWORD, Sandbox
-from aexp_relay_mcp.selftest_realistic import _session_calls
+from aexp_relay_mcp.ssh.masters import ConnectionManager
 
 from .conftest import processes_matching, running_sandbox, wait_until
 
@@ -70,8 +71,8 @@ def _streams(body: Script) -> tuple[str, str]:
 
 @pytest.mark.parametrize("op", ["repo_status", "fetch", "pull", "rebase", "push"])
 def test_a_missing_section_is_unparseable_output_never_a_null(op: str) -> None:
-    from aexp_relay_mcp.client import unparseable
-    from aexp_relay_mcp.parsing import UnparseableOutput
+    from aexp_relay_mcp.relay.diagnose import unparseable
+    from aexp_relay_mcp.remote.output import UnparseableOutput
 
     proc = run_on_a_noisy_shell(Script("true"))
     out = parse_script_output(proc.stdout, proc.stderr, NONCE)
@@ -214,7 +215,7 @@ async def test_three_servers_with_eight_calls_each_make_one_login_under_max_sess
         answers: list[dict[str, object]] = []
 
         async def server() -> None:
-            answers.extend(await _session_calls(sb.env(), 8))
+            answers.extend(await session_calls(sb.env(), 8))
 
         async with anyio.create_task_group() as tg:
             for _ in range(3):

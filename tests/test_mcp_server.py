@@ -13,8 +13,8 @@ import anyio
 import pytest
 from mcp.types import ElicitRequestParams, ElicitResult
 
+from aexp_relay_mcp.adapters.mcp.tools import build_tool_specs
 from aexp_relay_mcp.sandbox import Sandbox
-from aexp_relay_mcp.server import build_tool_specs
 
 from .conftest import processes_matching, snapshot, wait_until
 from .mcp_helpers import data, mcp_session

@@ -15,7 +15,7 @@ from aexp_relay_mcp import (
     RelayDownError,
     RemoteCommandError,
 )
-from aexp_relay_mcp.results import (
+from aexp_relay_mcp.model.results import (
     FetchResult,
     PullResult,
     PushResult,

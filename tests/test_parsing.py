@@ -9,21 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from aexp_relay_mcp.audit import AuditLog
-from aexp_relay_mcp.errors import RemoteCommandError, Surface, render_hint
-from aexp_relay_mcp.parsing import (
-    classify_git_failure,
-    classify_ssh_failure,
-    clean_text,
+from aexp_relay_mcp.model.errors import RemoteCommandError, Surface, args_placeholder, render_hint
+from aexp_relay_mcp.model.text import clean_text, redact, tail
+from aexp_relay_mcp.relay.audit import AuditLog
+from aexp_relay_mcp.remote.failures import classify_git_failure
+from aexp_relay_mcp.remote.ops import op_arguments
+from aexp_relay_mcp.remote.output import parse_script_output
+from aexp_relay_mcp.remote.parsing import (
     diff_refs,
     parse_push_porcelain,
     parse_ref_snapshot,
     parse_status_z,
     parse_wandb_runs,
-    redact,
-    tail,
 )
-from aexp_relay_mcp.remote import parse_script_output
+from aexp_relay_mcp.ssh.failures import classify_ssh_failure
 
 SHA1 = "a" * 40
 SHA2 = "b" * 40
@@ -172,7 +171,8 @@ def test_hints_name_the_next_op_in_each_surface_s_own_words() -> None:
 
 
 def test_argument_placeholders_use_each_surface_s_names() -> None:
-    hint = "Pass {arg:ssh_host}. {op:push} accepts: {args:push}."
+    # The registry writes an op's arguments into the placeholder; the error tree knows no op.
+    hint = f"Pass {{arg:ssh_host}}. {{op:push}} accepts: {args_placeholder(op_arguments('push'))}."
     assert (
         render_hint(hint)
         == "Pass `ssh_host`. `push` accepts: remote, branch, ssh_host, remote_repo, timeout."
@@ -222,11 +222,12 @@ def test_unwritable_audit_log_warns_once_and_never_raises(
 
 
 def test_reference_doc_is_generated_from_the_current_registry() -> None:
-    from aexp_relay_mcp.reference import render_reference_markdown
+    from aexp_relay_mcp.adapters.reference import render_reference_markdown
 
     doc = Path(__file__).parent.parent / "docs" / "reference.md"
     assert doc.read_text() == render_reference_markdown(), (
-        "docs/reference.md is stale: run `python -m aexp_relay_mcp.reference > docs/reference.md`"
+        "docs/reference.md is stale: run "
+        "`python -m aexp_relay_mcp.adapters.reference > docs/reference.md`"
     )
 
 

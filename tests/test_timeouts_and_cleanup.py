@@ -10,9 +10,9 @@ import time
 import pytest
 
 from aexp_relay_mcp import RelayClient, RelayTimeoutError
-from aexp_relay_mcp.procs import process_table
-from aexp_relay_mcp.runner import ProcessTimeout, run_process
 from aexp_relay_mcp.sandbox import HANG_ALIAS, Sandbox
+from aexp_relay_mcp.ssh.procs import process_table
+from aexp_relay_mcp.ssh.runner import ProcessTimeout, run_process
 
 from .conftest import processes_matching, wait_until
 

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 import pytest
 
 from aexp_relay_mcp import RelayClient
-from aexp_relay_mcp.mux import MasterUnavailable, SessionRefused, alive_check, run_session
-from aexp_relay_mcp.remote import KILL_DONE, build_kill_command
-from aexp_relay_mcp.results import RepoStatus
+from aexp_relay_mcp.model.results import RepoStatus
 from aexp_relay_mcp.sandbox import HOST_ALIAS, Sandbox
+from aexp_relay_mcp.ssh.mux import MasterUnavailable, SessionRefused, alive_check, run_session
+from aexp_relay_mcp.ssh.remote_kill import KILL_DONE, build_kill_command
 
 from .conftest import calls_held_at_once, running_sandbox, wait_until
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..procs import process_table
+from ..ssh.procs import process_table
 
 SSHD = "/usr/sbin/sshd"
 READY_TIMEOUT_S = 10.0
@@ -44,8 +45,6 @@ class SandboxError(RuntimeError):
 
 
 def sshd_available() -> bool:
-    import shutil
-
     return os.path.exists(SSHD) and shutil.which("ssh") is not None
 
 

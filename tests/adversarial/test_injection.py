@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from aexp_relay_mcp.adapters.selftest.stdio_driver import StdioServer
 from aexp_relay_mcp.sandbox import Sandbox, sshd_available
-from aexp_relay_mcp.stdio_driver import StdioServer
 
 CANARY_DIR_NAME = "canaries"
 

@@ -1,0 +1,163 @@
+"""Generates docs/reference.md from the registry, so the docs cannot drift from the code.
+
+Run ``python -m aexp_relay_mcp.adapters.reference > docs/reference.md``; a test checks it
+is current.
+"""
+
+from __future__ import annotations
+
+from ..model.config import ENV_VARS
+from ..model.errors import render_hint
+from ..remote.failures import GIT_FAILURES, GUARD_FAILURES
+from ..remote.ops import OPS
+from ..ssh.failures import SSH_FAILURES
+
+OTHER_KINDS: tuple[tuple[str, str, str, str], ...] = (
+    (
+        "RelayValidationError",
+        "invalid_request",
+        "Bad op, argument, host, repo or timeout. Nothing ran.",
+        "The message says what is allowed.",
+    ),
+    (
+        "ConsentError",
+        "consent_required",
+        "wandb_sync without approval. Nothing was uploaded; `preview` lists runs, sizes, command.",
+        "Show the preview to the user; only with their yes, call again with approve=true.",
+    ),
+    (
+        "RelayTimeoutError",
+        "timeout",
+        "The call ran past its timeout; local and remote processes were stopped.",
+        "Retry with a larger timeout, or check the connection with `status`.",
+    ),
+    (
+        "RelayDownError",
+        "ssh_missing",
+        "The local ssh program was not found.",
+        "Install the OpenSSH client, or set AEXP_RELAY_SSH_BIN.",
+    ),
+    (
+        "RemoteCommandError",
+        "killed",
+        "The remote command was stopped before it reported its status.",
+        "Run `repo_status` to see the checkout's state, then retry.",
+    ),
+    (
+        "RemoteCommandError",
+        "unparseable_output",
+        "The command finished, but its output did not have the expected shape; nothing is "
+        "reported as a result (never a guess). `stderr_tail` has the raw tail.",
+        "Run `repo_status` to see the state, and `status` to see whether the login shell prints.",
+    ),
+    (
+        "ConsentError",
+        "consent_declined",
+        "Elicit mode: the user declined the upload. Nothing was uploaded.",
+        "Do not retry unless the user asks for it.",
+    ),
+    (
+        "ConsentError",
+        "consent_cancelled",
+        "Elicit mode: the question was dismissed, or nobody could answer (a non-interactive "
+        "client answers cancel). Nothing was uploaded.",
+        "Ask the user in the conversation; they can upload with `wandb-sync --approve`.",
+    ),
+    (
+        "ConsentError",
+        "consent_unavailable",
+        "Elicit mode: the client cannot show a question (no MCP elicitation). Nothing was "
+        "uploaded.",
+        "Ask the user; or set AEXP_RELAY_CONSENT=agent so that approve from the agent is enough.",
+    ),
+    (
+        "RemoteCommandError",
+        "conflict",
+        "rebase hit conflicts; it was aborted in the same call and the repo is as before. "
+        "`conflicted_files` and `restored` are in the error.",
+        "Resolve by hand on the login node; nothing was pushed.",
+    ),
+)
+
+
+def _row(*cells: str) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+
+
+def render_reference_markdown() -> str:
+    lines = [
+        "# Reference",
+        "",
+        "Generated from the code by `python -m aexp_relay_mcp.adapters.reference`; do not edit by "
+        "hand.",
+        "",
+        "## Ops",
+        "",
+        'Every op runs as one `ssh <host> "cd -- <repo> && ..."` call, bounded on the login',
+        "node by `timeout`, with `GIT_TERMINAL_PROMPT=0`, `GIT_SSH_COMMAND='ssh -o BatchMode=yes'`",
+        "and `LC_ALL=C`.",
+        "",
+        _row("op", "arguments", "mutating", "consent", "timeout", "runs in the repo", "what"),
+        _row("---", "---", "---", "---", "---", "---", "---"),
+    ]
+    for spec in OPS.values():
+        args = ", ".join(spec.args_model.model_fields) or "none"
+        commands = "<br>".join(f"`{c}`" for c in spec.commands)
+        lines.append(
+            _row(
+                f"`{spec.name}`",
+                args,
+                "yes" if spec.mutating else "no",
+                "yes" if spec.consent else "no",
+                f"{spec.default_timeout:g} s",
+                commands,
+                spec.summary,
+            )
+        )
+    lines += [
+        "",
+        "## Environment variables",
+        "",
+        _row("variable", "meaning"),
+        _row("---", "---"),
+    ]
+    lines += [_row(f"`{name}`", meaning) for name, meaning in ENV_VARS.items()]
+    lines += [
+        "",
+        "## Error kinds",
+        "",
+        "Every error carries `kind`, `message` and `hint`, plus `exit_code` and",
+        "`stderr_tail` when a command ran. Hints name the next op to call.",
+        "",
+        _row("error", "kind", "meaning", "hint"),
+        _row("---", "---", "---", "---"),
+    ]
+    for kind, _, message, hint in SSH_FAILURES:
+        lines.append(_row("RelayDownError", f"`{kind}`", message, render_hint(hint)))
+    lines.append(
+        _row(
+            "RelayDownError",
+            "`unreachable`",
+            "ssh could not run the command for another reason.",
+            "Run `status`, or retry with AEXP_RELAY_SSH_VERBOSE=1.",
+        )
+    )
+    for kind, (message, hint) in GUARD_FAILURES.items():
+        lines.append(_row("RemoteCommandError", f"`{kind}`", message, render_hint(hint)))
+    for kind, _, message, hint in GIT_FAILURES:
+        lines.append(_row("RemoteCommandError", f"`{kind}`", message, render_hint(hint)))
+    lines.append(
+        _row(
+            "RemoteCommandError",
+            "`command_failed`",
+            "Any other failure of the remote command.",
+            "Read stderr_tail for git's own message.",
+        )
+    )
+    for error, kind, message, hint in OTHER_KINDS:
+        lines.append(_row(error, f"`{kind}`", message, hint))
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(render_reference_markdown(), end="")

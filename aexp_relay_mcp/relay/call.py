@@ -1,0 +1,226 @@
+"""One call's life: its id, its audit lines, the remote process group it started, how
+to stop it locally and on the login node, and its timing.
+
+Timeouts, cancellation and shutdown all end a call through this object:
+
+* a timeout or a cancel: the transport stops the local side; ``stop_remote`` ends the
+  remote group and waits (bounded) until it is gone;
+* a shutdown (SIGINT, SIGTERM, SIGHUP, stdin closed): ``LiveCalls.interrupt_all`` runs
+  ``interrupt`` on every live call, synchronously: local side closed, the remote kill
+  dispatched as a detached ``ssh`` that ends on its own, audit line ``interrupted``.
+
+The audit log gets a ``started`` line before the first ssh and exactly one final line.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..remote.script import marker
+from ..ssh.runner import Execution
+from ..ssh.transport import RemoteRun, Transport
+from .audit import AuditLog
+
+# Waiting for a remote group to be gone after TERM (most exit at once; a slow login
+# shell adds its start-up time to the kill call itself).
+KILL_BUDGET_S = 1.5
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(6)
+
+
+class Call:
+    def __init__(
+        self,
+        *,
+        op: str,
+        args: Mapping[str, Any] | None,
+        host: str | None,
+        repo: str | None,
+        approved: bool,
+        audit: AuditLog,
+        transport: Transport,
+        live: LiveCalls,
+        surface: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.request_id = new_request_id()
+        self.op, self.args, self.host, self.repo = op, args, host, repo
+        self.approved = approved
+        self.audit, self.transport, self.live = audit, transport, live
+        self.surface = surface
+        self.clock = clock
+        self.started = clock()
+        self.deadline = self.started + 3600.0
+        self.outcome: str | None = None
+        self.cancelled_as: str | None = None  # cancelled or interrupted, judged on arrival
+        self.remote: tuple[str, int] | None = None  # (host, process group) running now
+        self.trace: dict[str, Any] = {}
+        self._began = False
+        self._execution: Execution | None = None
+        self._local_pids: set[int] = set()
+
+    @property
+    def elapsed(self) -> float:
+        return self.clock() - self.started
+
+    @property
+    def reaped(self) -> bool:
+        """No local process of this call is left (not even a zombie): what shutdown waits
+        for. A session on a shared connection has none."""
+        for pid in list(self._local_pids):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                self._local_pids.discard(pid)
+            except PermissionError:
+                pass
+        return not self._local_pids
+
+    def set_limit(self, seconds: float) -> None:
+        self.deadline = self.started + seconds
+
+    def _fields(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "op": self.op,
+            "args": self.args,
+            "host": self.host,
+            "repo": self.repo,
+            "approved": self.approved,
+            "surface": self.surface,
+        }
+
+    def begin(self) -> None:
+        """The ``started`` audit line: written once, before the first ssh."""
+        if self._began:
+            return
+        self._began = True
+        self.live.add(self)
+        self.audit.record(**self._fields(), outcome="started")
+
+    def finish(self, outcome: str, kind: str | None = None, exit_code: int | None = None) -> None:
+        """The final audit line: written once; later calls change nothing."""
+        if self.outcome is not None:
+            return
+        self.outcome = outcome
+        self.live.discard(self)
+        self.audit.record(
+            **self._fields(),
+            **self.trace,
+            outcome=outcome,
+            kind=kind,
+            exit_code=exit_code,
+            duration_s=round(self.elapsed, 4),
+        )
+
+    async def run(
+        self,
+        command: str,
+        nonce: str,
+        *,
+        on_stderr: Callable[[bytes], None] | None = None,
+        verbose_log: Path | None = None,
+    ) -> RemoteRun:
+        """Run one remote command for this call; the start marker tells us its group."""
+        assert self.host is not None
+        host = self.host
+        self.begin()
+        watch = _StartWatch(marker(nonce), lambda pid: setattr(self, "remote", (host, pid)))
+
+        def feed(chunk: bytes) -> None:
+            watch.feed(chunk)
+            if on_stderr is not None:
+                on_stderr(chunk)
+
+        try:
+            run = await self.transport.run(
+                host,
+                command,
+                deadline=self.deadline,
+                on_stderr=feed,
+                on_start=self._started,
+                verbose_log=verbose_log,
+            )
+        finally:
+            self._execution = None
+        self.trace.update(multiplexed=run.multiplexed, via=run.via)
+        return run
+
+    def _started(self, execution: Execution) -> None:
+        self._execution = execution
+        if execution.pid is not None:
+            self._local_pids.add(execution.pid)
+
+    def command_ended(self) -> None:
+        """The remote command reported its exit: nothing of ours runs there any more."""
+        self.remote = None
+
+    async def stop_remote(self, budget: float = KILL_BUDGET_S) -> bool:
+        """End the remote process group (TERM, poll, KILL); True once it is gone."""
+        if self.remote is None:
+            return True
+        host, pgid = self.remote
+        self.remote = None
+        return await self.transport.kill_remote(host, pgid, budget)
+
+    def interrupt(self) -> None:
+        """Shutdown: close the local side, dispatch the remote kill, audit ``interrupted``.
+        Synchronous and quick: it never waits for the network."""
+        if self._execution is not None:
+            self._execution.abort()
+        if self.remote is not None:
+            host, pgid = self.remote
+            self.remote = None
+            self.transport.kill_remote_detached(host, pgid)
+        self.finish("interrupted", "interrupted")
+
+
+class LiveCalls:
+    """Every call that has reached ssh and not ended yet."""
+
+    def __init__(self) -> None:
+        self._calls: dict[str, Call] = {}
+
+    def add(self, call: Call) -> None:
+        self._calls[call.request_id] = call
+
+    def discard(self, call: Call) -> None:
+        self._calls.pop(call.request_id, None)
+
+    def interrupt_all(self) -> list[Call]:
+        """End every live call (shutdown). Returns them, so the caller can wait until their
+        local processes are reaped."""
+        calls = list(self._calls.values())
+        for call in calls:
+            call.interrupt()
+        return calls
+
+
+class _StartWatch:
+    """Picks the remote process-group id out of the stderr stream as it arrives."""
+
+    def __init__(self, mark: str, on_pid: Callable[[int], None]) -> None:
+        self.needle = f"\n{mark} start ".encode()
+        self.buffer = b"\n"
+        self.done = False
+        self.on_pid = on_pid
+
+    def feed(self, chunk: bytes) -> None:
+        if self.done or len(self.buffer) > 1 << 20:
+            return
+        self.buffer += chunk
+        at = self.buffer.find(self.needle)
+        end = self.buffer.find(b"\n", at + len(self.needle)) if at >= 0 else -1
+        if end >= 0:
+            pid = self.buffer[at + len(self.needle) : end]
+            self.done = True
+            self.buffer = b""
+            if pid.isdigit():
+                self.on_pid(int(pid))

@@ -1,0 +1,274 @@
+"""What every op flow needs of a call's life, in one place.
+
+``CallRunner`` opens a call (its ``Call``, audited), checks where it goes (host, repo,
+allowlists), bounds its time, builds its script context, executes its scripts over the
+transport, turns their output into a result or an error, and ends it with the right
+audit outcome. The git ops, the status check and the wandb consent flow all run through
+it; none of them reaches into another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from ..model.config import REMOTE_TIMEOUT_GRACE, RelayConfig
+from ..model.errors import RelayError, RelayTimeoutError, RelayValidationError, Surface
+from ..model.results import OpResult
+from ..model.targets import normalize_repo, validate_host, validate_repo
+from ..model.text import tail
+from ..remote.ops import BuildContext, OpSpec, wandb_words
+from ..remote.output import ScriptOutput, UnparseableOutput, parse_script_output
+from ..remote.parsing import GitProgress
+from ..remote.script import Script, build_remote_command
+from ..ssh.runner import ProcessTimeout
+from ..ssh.transport import Transport
+from .audit import AuditLog
+from .call import Call, LiveCalls
+from .diagnose import (
+    log_tail,
+    outcome_of,
+    remote_failure,
+    ssh_missing,
+    transport_failure,
+    unparseable,
+    verbose_hint,
+)
+
+ProgressFn = Callable[[float, str], None]
+
+MAX_TIMEOUT_S = 24 * 3600.0
+
+
+class CallRunner:
+    def __init__(
+        self,
+        config: RelayConfig,
+        *,
+        audit: AuditLog,
+        transport: Transport,
+        surface: Surface,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.audit = audit
+        self.transport = transport
+        self.surface = surface
+        self.clock = clock
+        self.live = LiveCalls()
+        # Set by the server: True once its client has gone (stdin closed), so a call the
+        # SDK cancels then is audited as interrupted, not as cancelled by the client.
+        self.shutting_down: Callable[[], bool] = lambda: False
+        self._repo_locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    # ------------------------------------------------------------------ opening and ending
+
+    def new_call(
+        self,
+        op: str,
+        args: Mapping[str, Any] | None,
+        ssh_host: str | None,
+        remote_repo: str | None,
+        *,
+        approved: bool = False,
+    ) -> Call:
+        return Call(
+            op=op,
+            args=args,
+            host=ssh_host or self.config.ssh_host,
+            repo=remote_repo or self.config.remote_repo,
+            approved=approved,
+            audit=self.audit,
+            transport=self.transport,
+            live=self.live,
+            surface=self.surface.name,
+            clock=self.clock,
+        )
+
+    @contextlib.contextmanager
+    def ending(self, call: Call) -> Iterator[None]:
+        """End call with how the block ended: ok, its RelayError's outcome, or cancelled.
+        A block may end the call itself first (finish is once only)."""
+        try:
+            yield
+        except RelayError as exc:
+            self.fail(call, exc)
+            raise
+        except asyncio.CancelledError:
+            outcome = call.cancelled_as or self._cancel_outcome()
+            call.finish(outcome, outcome)
+            raise
+        call.finish("ok", None, 0)
+
+    def _cancel_outcome(self) -> str:
+        """A cancel while the client is gone is the shutdown's, else the client's own."""
+        return "interrupted" if self.shutting_down() else "cancelled"
+
+    def fail(self, call: Call, exc: RelayError) -> None:
+        exc.request_id = exc.request_id or call.request_id
+        exc.op = exc.op or call.op
+        if isinstance(exc, RelayTimeoutError):
+            exc.details.setdefault("timeout_s", round(call.deadline - call.started, 3))
+        call.finish(outcome_of(exc), exc.kind, exc.exit_code)
+
+    # ------------------------------------------------------------------ where and how long
+
+    def target(self, call: Call, *, repo_required: bool = True) -> None:
+        """Validate the call's host and repo; confine them to the allowlists when set."""
+        host = validate_host(call.host)
+        repo = validate_repo(call.repo) if (call.repo or repo_required) else ""
+        allowed_hosts, allowed_repos = self.config.allowed_hosts, self.config.allowed_repos
+        if allowed_hosts and host not in allowed_hosts:
+            raise RelayValidationError(
+                f"ssh host {host!r} is not in AEXP_RELAY_ALLOWED_HOSTS.",
+                hint=f"Allowed hosts: {', '.join(allowed_hosts)}. "
+                "Omit {arg:ssh_host} to use the default.",
+            )
+        if allowed_repos and repo and normalize_repo(repo) not in allowed_repos:
+            raise RelayValidationError(
+                f"remote repo {repo!r} is not in AEXP_RELAY_ALLOWED_REPOS.",
+                hint=f"Allowed repos: {', '.join(allowed_repos)}. "
+                "Omit {arg:remote_repo} to use the default.",
+            )
+        call.host, call.repo = host, repo
+
+    def limit_for(self, spec: OpSpec, timeout: float | None) -> float:
+        limit = timeout if timeout is not None else (self.config.timeout or spec.default_timeout)
+        return check_timeout(limit)
+
+    def context(self, call: Call) -> BuildContext:
+        return BuildContext(
+            repo=call.repo or "",
+            wandb_words=wandb_words(self.config.wandb),
+            wandb_dir=self.config.wandb_dir,
+        )
+
+    def repo_lock(self, call: Call) -> asyncio.Lock:
+        """Mutating ops on one checkout run one at a time (in this process)."""
+        return self._repo_locks.setdefault((call.host or "", call.repo or ""), asyncio.Lock())
+
+    # ------------------------------------------------------------------ running
+
+    def result(
+        self, call: Call, spec: OpSpec, out: ScriptOutput, parsed: Any, **extra: Any
+    ) -> OpResult:
+        """The op's frozen result; unreadable output is an error, never a guess."""
+        try:
+            fields = spec.parse(out, parsed)
+        except UnparseableOutput as exc:
+            raise unparseable(out, str(exc)) from None
+        return spec.result_model(
+            op=spec.name,
+            request_id=call.request_id,
+            host=call.host or "",
+            repo=call.repo or "",
+            duration_s=round(call.elapsed, 4),
+            **fields,
+            **extra,
+        )
+
+    async def execute(
+        self,
+        call: Call,
+        body: Script,
+        *,
+        spec: OpSpec | None = None,
+        enter: bool = True,
+        check: bool = True,
+        on_progress: ProgressFn | None = None,
+    ) -> ScriptOutput:
+        """Run a script body over ssh for call; turn transport and remote failures into errors."""
+        nonce = secrets.token_hex(8)
+        left = max(0.1, call.deadline - self.clock())
+        command = build_remote_command(
+            body, call.repo or "~", nonce, timeout=left, grace=REMOTE_TIMEOUT_GRACE, enter=enter
+        )
+        verbose_log = self._verbose_log_path(nonce)
+        progress = GitProgress(on_progress) if on_progress else None
+        try:
+            run = await call.run(
+                command,
+                nonce,
+                on_stderr=progress.feed if progress else None,
+                verbose_log=verbose_log,
+            )
+        except FileNotFoundError:
+            raise ssh_missing(self.config.ssh_bin) from None
+        except ProcessTimeout as exc:
+            raise await self._timed_out(call, exc, nonce, verbose_log) from None
+        except asyncio.CancelledError:
+            # Judged now: by the time the remote group is gone the client may have left.
+            call.cancelled_as = call.cancelled_as or self._cancel_outcome()
+            with anyio.CancelScope(shield=True):
+                await call.stop_remote()
+            raise
+        out = parse_script_output(run.result.stdout, run.result.stderr, nonce)
+        if out.exit_code is not None:
+            call.command_ended()
+        elif call.remote is not None:
+            # It started but never reported back (the connection dropped): end it on the
+            # login node through a new session.
+            with anyio.CancelScope(shield=True):
+                await call.stop_remote()
+        if check:
+            error = remote_failure(out, run.result, spec.name if spec else None, verbose_log)
+            if error is not None:
+                raise error
+        elif not out.started or out.exit_code is None:
+            raise transport_failure(out, run.result, verbose_log)
+        return out
+
+    async def _timed_out(
+        self, call: Call, exc: ProcessTimeout, nonce: str, verbose_log: Path | None
+    ) -> RelayTimeoutError:
+        started_remotely = call.remote is not None
+        gone = await call.stop_remote()
+        partial = parse_script_output(exc.result.stdout, exc.result.stderr, nonce)
+        if not started_remotely:
+            where = (
+                "ssh had not got the command running yet (stuck connecting, in a "
+                "ProxyCommand/ProxyJump, or authenticating)."
+            )
+        elif gone:
+            where = "The command had started on the login node and was stopped there too."
+        else:
+            where = (
+                "The command had started on the login node; stopping it there could not be "
+                "confirmed, and its own time limit there ends it "
+                f"{REMOTE_TIMEOUT_GRACE:g} s after this timeout."
+            )
+        limit = call.deadline - call.started
+        return RelayTimeoutError(
+            f"The call did not finish within {limit:g}s on {call.host}. {where}",
+            hint="Retry with a larger {arg:timeout} if the op is slow (big fetch, slow "
+            "filesystem); run {op:status} to check the connection." + verbose_hint(verbose_log),
+            stderr_tail=tail(partial.stderr + log_tail(verbose_log)),
+        )  # fail() adds timeout_s, as for every timeout
+
+    def _verbose_log_path(self, nonce: str) -> Path | None:
+        if not self.config.ssh_verbose:
+            return None
+        directory = self.config.verbose_log_dir
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return directory / f"ssh-{time.strftime('%Y%m%d-%H%M%S')}-{nonce}.log"
+
+
+def check_timeout(limit: object) -> float:
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)):
+        raise RelayValidationError(
+            f"timeout must be a number of seconds, not {type(limit).__name__}.",
+            hint=f"Pass {{arg:timeout}} as a number between 1 and {MAX_TIMEOUT_S:g}.",
+        )
+    if not 0 < limit <= MAX_TIMEOUT_S or limit != limit:
+        raise RelayValidationError(
+            f"timeout {limit!r} is out of range.",
+            hint=f"Pass {{arg:timeout}} greater than 0 and at most {MAX_TIMEOUT_S:g} seconds.",
+        )
+    return float(limit)

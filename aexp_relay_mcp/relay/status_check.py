@@ -1,0 +1,213 @@
+"""``status``: is the host reachable, is the repo a checkout, and what does it cost.
+
+Besides git, wandb and the repo, it reports the login shell, because that is where
+real login nodes differ from a clean account:
+
+* whether it prints anything before our command (a banner in ~/.bashrc, a module
+  notice), and its first line. The relay sets that output aside, but scp, rsync and
+  sftp break on it;
+* how long it takes to start: the median shell-starting call minus the median call
+  that starts no shell (a subsystem request sshd refuses before any shell runs). A
+  conda init in ~/.bashrc costs every call ~300 ms, and this is where a user sees it.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import statistics
+from typing import Any
+
+from ..model.errors import Failure, RelayDownError, RelayTimeoutError
+from ..model.results import ConnectionStatus
+from ..model.text import clean_text
+from ..remote.failures import classify_git_failure, git_version_ok, guard_failure
+from ..remote.ops import build_check
+from ..remote.output import ScriptOutput
+from ..remote.script import start_marker_command
+from .call import Call
+from .call_runner import CallRunner, check_timeout
+
+CHECK_TIMEOUT_S = 30.0
+LOGIN_SHELL_ROUNDS = 3
+SLOW_LOGIN_SHELL_MS = 100.0
+FIRST_LINE_CHARS = 120
+RC_GUARD = "case $- in *i*) ;; *) return ;; esac"
+
+
+async def check_connection(
+    runner: CallRunner,
+    ssh_host: str | None,
+    remote_repo: str | None,
+    *,
+    timeout: float | None = None,
+) -> ConnectionStatus:
+    """Reachability, round trip, repo, branch, git version, wandb and the login shell;
+    never raises for an unreachable host (that is a normal answer, with a hint)."""
+    call = runner.new_call("status", None, ssh_host, remote_repo)
+    with runner.ending(call):
+        runner.target(call, repo_required=False)
+        limit = min(runner.config.timeout or CHECK_TIMEOUT_S, CHECK_TIMEOUT_S)
+        call.set_limit(check_timeout(timeout) if timeout is not None else limit)
+        base = _nothing_known(call)
+        try:
+            body = build_check(runner.context(call))
+            out = await runner.execute(call, body, enter=False, check=False)
+        except (RelayDownError, RelayTimeoutError) as exc:
+            runner.fail(call, exc)
+            return ConnectionStatus(
+                **base,
+                reachable=False,
+                rtt_ms=None,
+                problem=exc.kind,
+                hint=f"{exc.message} {runner.surface.render(exc.hint_template)}",
+                duration_s=round(call.elapsed, 4),
+            )
+        return await _reachable(runner, call, out, base)
+
+
+def _nothing_known(call: Call) -> dict[str, Any]:
+    """The fields an unreachable host cannot fill (None: not known, not "no")."""
+    return {
+        "host": call.host or "",
+        "repo": call.repo or None,
+        "request_id": call.request_id,
+        "repo_exists": None,
+        "is_git_repo": None,
+        "branch": None,
+        "git_version": None,
+        "wandb_available": None,
+        "shared_connection": None,
+        "shared_connection_age_s": None,
+        "control_path": None,
+        "login_shell_output": None,
+        "login_shell_first_line": None,
+        "login_shell_ms": None,
+        "warnings": [],
+    }
+
+
+async def _reachable(
+    runner: CallRunner, call: Call, out: ScriptOutput, base: dict[str, Any]
+) -> ConnectionStatus:
+    rtt = call.elapsed
+    host, repo = call.host or "", call.repo or ""
+    status = {**base, **_interpret(out, repo)}
+    problem: Failure | None = status.pop("failure")
+    stream, first_line = login_shell_output(out)
+    shell_ms = await _login_shell_ms(runner, call)
+    shared = await runner.transport.shared_connection(host)
+    status.update(
+        shared_connection=shared.live if shared.enabled else None,
+        shared_connection_age_s=shared.age_s,
+        control_path=shared.control_path,
+        login_shell_output=stream,
+        login_shell_first_line=first_line,
+        login_shell_ms=shell_ms,
+        warnings=login_shell_warnings(stream, first_line, shell_ms),
+        problem=problem.kind if problem else None,
+        hint=f"{problem.message} {runner.surface.render(problem.hint)}" if problem else "",
+    )
+    call.finish("ok", status["problem"], out.exit_code)
+    return ConnectionStatus(
+        **status,
+        reachable=True,
+        rtt_ms=round(rtt * 1000, 1),
+        duration_s=round(call.elapsed, 4),
+    )
+
+
+def _interpret(out: ScriptOutput, repo: str) -> dict[str, Any]:
+    status: dict[str, Any] = {}
+    problem: Failure | None = None
+    git = out.section("git_version")
+    if git is not None and git.exit_code == 0:
+        match = re.search(r"git version (\S+)", git.stdout)
+        status["git_version"] = match.group(1) if match else git.stdout.strip()
+        if not git_version_ok(status["git_version"]):
+            problem = guard_failure("git_too_old")
+    elif git is not None:
+        problem = guard_failure("git_missing")
+    wandb = out.section("wandb")
+    status["wandb_available"] = wandb is not None and wandb.exit_code == 0
+    if repo:
+        status["repo_exists"] = out.kind not in ("repo_missing", "repo_not_dir")
+        inside = out.section("inside")
+        status["is_git_repo"] = bool(inside and inside.exit_code == 0)
+        branch = out.section("branch")
+        if branch is not None and branch.exit_code == 0:
+            status["branch"] = branch.stdout.strip() or None
+        if out.kind:
+            problem = guard_failure(out.kind)
+        elif inside is not None and inside.exit_code != 0 and problem is None:
+            problem = classify_git_failure(inside.stderr, inside.exit_code)
+    status["failure"] = problem
+    return status
+
+
+def login_shell_output(out: ScriptOutput) -> tuple[str | None, str | None]:
+    """Which streams the login shell printed on before our command, and its first line."""
+    printed = [
+        (name, text)
+        for name, text in (("stdout", out.shell_stdout), ("stderr", out.shell_stderr))
+        if text.strip()
+    ]
+    if not printed:
+        return None, None
+    stream = "both" if len(printed) == 2 else printed[0][0]
+    line = next(row for row in printed[0][1].splitlines() if row.strip()).strip()
+    if len(line) > FIRST_LINE_CHARS:
+        line = line[: FIRST_LINE_CHARS - 1] + "…"
+    return stream, clean_text(line)
+
+
+async def _login_shell_ms(runner: CallRunner, call: Call) -> float | None:
+    """Median shell-starting call minus median no-shell call, interleaved."""
+    shell: list[float] = []
+    bare: list[float] = []
+    for _ in range(LOGIN_SHELL_ROUNDS):
+        if runner.clock() >= call.deadline:
+            break
+        no_shell = await runner.transport.no_shell_round_trip(call.host or "", call.deadline)
+        if no_shell is None:
+            return None
+        bare.append(no_shell)
+        nonce = secrets.token_hex(8)
+        started = runner.clock()
+        try:
+            await call.run(start_marker_command(nonce), nonce)
+        except Exception:  # a probe never fails the status itself
+            return None
+        call.command_ended()
+        shell.append(runner.clock() - started)
+    if not shell:
+        return None
+    return round(max(0.0, statistics.median(shell) - statistics.median(bare)) * 1000, 1)
+
+
+def login_shell_warnings(
+    stream: str | None, first_line: str | None, shell_ms: float | None
+) -> list[str]:
+    warnings = []
+    if stream in ("stdout", "both"):
+        warnings.append(
+            f"Your login shell prints on stdout before every command (first line: "
+            f"{first_line!r}). The relay sets it aside, but scp, rsync and sftp break on it. "
+            "Make it print only in interactive shells: in ~/.bashrc (~/.zshenv for zsh) put "
+            f"`{RC_GUARD}` after what non-interactive sessions need (module load git, PATH), "
+            "and move the banner below it."
+        )
+    elif stream == "stderr":
+        warnings.append(
+            f"Your login shell prints on stderr before every command (first line: "
+            f"{first_line!r}). Harmless for the relay, but it fills error tails; the guard "
+            f"`{RC_GUARD}` in ~/.bashrc, above the output, removes it."
+        )
+    if shell_ms is not None and shell_ms >= SLOW_LOGIN_SHELL_MS:
+        warnings.append(
+            f"Your login shell takes about {shell_ms:.0f} ms to start, and every call pays it "
+            "(measured against a call that starts no shell). Usually conda, pyenv or module "
+            f"initialisation in ~/.bashrc: move it below `{RC_GUARD}`, so only interactive "
+            "shells run it."
+        )
+    return warnings

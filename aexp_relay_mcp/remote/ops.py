@@ -1,0 +1,667 @@
+"""The whitelist, as data: one registry entry per op.
+
+Each ``OpSpec`` holds the op's argument model, the body of its remote script,
+the parser of its output, and its flags. Tools, CLI verbs, docs tables and
+validation derive from ``OPS``; nothing else lists the ops.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import shlex
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..model.config import DEFAULT_OP_TIMEOUT, DEFAULT_WANDB_DIR, DEFAULT_WANDB_TIMEOUT
+from ..model.errors import RelayValidationError, args_placeholder
+from ..model.results import (
+    FetchResult,
+    OpResult,
+    PullResult,
+    PushResult,
+    RebaseResult,
+    RepoStatus,
+    WandbRun,
+    WandbSyncResult,
+)
+from ..model.text import tail
+from .output import ScriptOutput, UnparseableOutput
+from .parsing import (
+    RUN_NAME_RE,
+    ParsedStatus,
+    diff_refs,
+    parse_commits,
+    parse_head_line,
+    parse_push_porcelain,
+    parse_ref_snapshot,
+    parse_sha,
+    parse_status_z,
+    parse_wandb_runs,
+)
+from .quoting import Raw, Word, quote_repo, render_words
+from .script import Script, enter_repo, guard, step
+
+MAX_NAME_LEN = 200
+MAX_RUNS = 500
+_GIT_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./-]*$")
+_REMOTE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+GIT_NAME_RULE = (
+    "letters, digits and _ . / - only; not starting with '-', '.' or '/'; no '..', '//', "
+    "whitespace, ':', '~^?*[\\' or '@{'; not ending in '/', '.' or '.lock'; "
+    f"at most {MAX_NAME_LEN} characters"
+)
+
+
+def check_git_name(value: str, what: str, *, allow_slash: bool = True) -> str:
+    """A plain git ref or remote name; never an option, refspec, URL or path trick."""
+    pattern = _GIT_NAME_RE if allow_slash else _REMOTE_NAME_RE
+    bad = (
+        not value
+        or len(value) > MAX_NAME_LEN
+        or not pattern.match(value)
+        or ".." in value
+        or "//" in value
+        or value.endswith(("/", ".", ".lock"))
+    )
+    if bad:
+        rule = GIT_NAME_RULE if allow_slash else GIT_NAME_RULE.replace(" / -", " -")
+        raise ValueError(f"{what} {value!r} is not a plain git name: allowed are {rule}")
+    return value
+
+
+def check_run_name(value: str) -> str:
+    if len(value) > MAX_NAME_LEN or ".." in value or not RUN_NAME_RE.match(value):
+        raise ValueError(
+            f"run {value!r} is not a bare offline run directory name: it must look like "
+            "offline-run-20260101_120000-abc123 (offline-run- then letters, digits, _ . -), "
+            "with no '/' or '..'"
+        )
+    return value
+
+
+class OpArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class NoArgs(OpArgs):
+    pass
+
+
+class FetchArgs(OpArgs):
+    remote: str | None = Field(
+        default=None, description="Remote to fetch, e.g. origin. Default: all remotes."
+    )
+
+    @field_validator("remote")
+    @classmethod
+    def _remote(cls, v: str | None) -> str | None:
+        return None if v is None else check_git_name(v, "remote", allow_slash=False)
+
+
+class PushArgs(OpArgs):
+    remote: str = Field(default="origin", description="A configured remote name. Default origin.")
+    branch: str = Field(
+        default="HEAD",
+        description="Local branch to push to the same name on the remote. Default HEAD, the "
+        "current branch. Never forced.",
+    )
+
+    @field_validator("remote")
+    @classmethod
+    def _remote(cls, v: str) -> str:
+        return check_git_name(v, "remote", allow_slash=False)
+
+    @field_validator("branch")
+    @classmethod
+    def _branch(cls, v: str) -> str:
+        return check_git_name(v, "branch")
+
+
+class WandbSyncArgs(OpArgs):
+    runs: list[str] | None = Field(
+        default=None,
+        description="Names of offline-run-* directories in the wandb directory (the repo's "
+        "wandb/ unless AEXP_RELAY_WANDB_DIR says otherwise) to upload. Default: every run not "
+        "yet synced.",
+    )
+
+    @field_validator("runs")
+    @classmethod
+    def _runs(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return None
+        if not v:
+            raise ValueError("runs is empty: omit it to sync every unsynced run, or name some")
+        if len(v) > MAX_RUNS:
+            raise ValueError(f"at most {MAX_RUNS} runs per call")
+        return list(dict.fromkeys(check_run_name(r) for r in v))
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a script body may use besides the args: fixed by config, not by the caller."""
+
+    repo: str
+    wandb_words: tuple[str, ...]
+    wandb_dir: str = DEFAULT_WANDB_DIR
+
+
+Parser = Callable[[ScriptOutput, Any], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    name: str
+    summary: str
+    args_model: type[OpArgs]
+    mutating: bool
+    consent: bool
+    default_timeout: float
+    commands: tuple[str, ...]  # for docs: what runs in the repo, in order
+    build: Callable[[Any, BuildContext], Script]
+    parse: Parser
+    result_model: type[OpResult]
+
+
+# --------------------------------------------------------------------------- script pieces
+
+GIT = ("git", "--no-optional-locks")
+STATUS = (*GIT, "status", "--porcelain=v2", "--branch", "-z")
+HEAD_LINE = (*GIT, "log", "-1", "--format=%H%x09%s")
+REV_HEAD = ("git", "rev-parse", "-q", "--verify", "HEAD")
+LOG_RANGE = ("git", "log", f"--max-count={100}", "--format=%H%x09%s", Raw('"$o..HEAD"'))
+COUNT_RANGE = ("git", "rev-list", "--count", Raw('"$o..HEAD"'))
+REFS = ("git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/remotes")
+GIT_PRESENT = "command -v git >/dev/null 2>&1 || f git_missing"
+# git must accept the checkout before any other guard runs: a guard that fails silently
+# in a repo git refuses (dubious ownership) would otherwise be read as its own kind.
+REPO_ACCEPTED = guard("not_a_repo", "git", "rev-parse", "--git-dir")
+# Refuse to start on top of someone's half-done rebase, merge, cherry-pick or revert.
+# Safe after REPO_ACCEPTED: --git-path then always answers.
+NO_OP_IN_PROGRESS = (
+    "for _p in rebase-merge rebase-apply MERGE_HEAD CHERRY_PICK_HEAD REVERT_HEAD; do "
+    '[ ! -e "$(git rev-parse --git-path "$_p")" ] || f operation_in_progress; done'
+)
+SAVE_HEAD = "o=$(git rev-parse -q --verify HEAD </dev/null)"
+
+
+def _seq(*parts: str) -> Script:
+    return Script("; ".join(parts))
+
+
+def _remote_exists(remote: str) -> str:
+    # `git remote get-url` needs the repo, so in a checkout git refuses it says so
+    # (unlike `git config --get`, which then fails silently); "No such remote" otherwise.
+    return guard("unknown_remote", "git", "remote", "get-url", "--", remote)
+
+
+def _state(out: ScriptOutput) -> ParsedStatus:
+    return parse_status_z(out.require("status").stdout)
+
+
+def _stdout(out: ScriptOutput, name: str) -> str:
+    return out.require(name).stdout
+
+
+# --------------------------------------------------------------------------- repo_status
+
+
+def _build_repo_status(args: NoArgs, ctx: BuildContext) -> Script:
+    # The two git processes run side by side (status in the background, the HEAD subject in
+    # a command substitution): on a multi-core login node that halves the op's remote time.
+    # The status step's begin marker is printed before it starts, its end after `wait`.
+    return _seq(
+        GIT_PRESENT,
+        "b status",
+        f"{render_words(STATUS)} </dev/null & _sp=$!",
+        f"_h=$({render_words(HEAD_LINE)} </dev/null 2>/dev/null); _hr=$?",
+        "wait $_sp; _sr=$?",
+        "e status $_sr",
+        'if [ $_sr -eq 0 ]; then b head; printf "%s" "$_h"; e head $_hr; fi',
+        "(exit $_sr)",
+    )
+
+
+def _parse_repo_status(out: ScriptOutput, args: NoArgs) -> dict[str, Any]:
+    parsed = _state(out)
+    subject: str | None = None
+    if parsed.state.head is not None:
+        sha, subject = parse_head_line(_stdout(out, "head"))
+        if sha != parsed.state.head:
+            raise UnparseableOutput(
+                f"HEAD moved while the status ran (git log saw {sha}, git status "
+                f"{parsed.state.head}): a commit landed at the same moment; retry"
+            )
+    staged, unstaged, untracked, conflicted = parsed.counts
+    return {
+        **parsed.state.model_dump(),
+        "head_subject": subject,
+        "clean": not any(parsed.counts),
+        "staged": parsed.staged,
+        "unstaged": parsed.unstaged,
+        "untracked": parsed.untracked,
+        "conflicted": parsed.conflicted,
+        "staged_count": staged,
+        "unstaged_count": unstaged,
+        "untracked_count": untracked,
+        "conflicted_count": conflicted,
+        "lists_truncated": parsed.truncated,
+    }
+
+
+# --------------------------------------------------------------------------- fetch
+
+
+def _build_fetch(args: FetchArgs, ctx: BuildContext) -> Script:
+    target: tuple[Word, ...] = ("--all",) if args.remote is None else (args.remote,)
+    parts = [GIT_PRESENT, REPO_ACCEPTED]
+    if args.remote is not None:
+        parts.append(_remote_exists(args.remote))
+    fetch = step("fetch", "git", "fetch", "--prune", "--progress", *target)
+    parts.append(
+        f"{step('before', *REFS)} && {fetch} && {step('after', *REFS)} && {step('status', *STATUS)}"
+    )
+    return _seq(*parts)
+
+
+def _parse_fetch(out: ScriptOutput, args: FetchArgs) -> dict[str, Any]:
+    before = parse_ref_snapshot(_stdout(out, "before"))
+    after = parse_ref_snapshot(_stdout(out, "after"))
+    return {
+        "remote": args.remote or "all",
+        "updated_refs": diff_refs(before, after),
+        "after": _state(out).state,
+    }
+
+
+# --------------------------------------------------------------------------- pull / rebase
+
+
+def _history(out: ScriptOutput, args: NoArgs) -> dict[str, Any]:
+    old_text = _stdout(out, "old").strip()
+    old = parse_sha(old_text) if old_text else None  # empty: an unborn branch
+    if old_text and old is None:
+        raise UnparseableOutput(f"HEAD before the op is not a commit id: {old_text[:80]!r}")
+    new = parse_sha(_stdout(out, "new"))
+    if new is None:
+        raise UnparseableOutput("HEAD after the op is not a commit id")
+    moved = old != new
+    count = _stdout(out, "count").strip() if moved and old else "0"
+    if not count.isdigit():
+        raise UnparseableOutput(f"the commit count is not a number: {count[:80]!r}")
+    return {
+        "old_head": old,
+        "new_head": new,
+        "up_to_date": not moved,
+        "commits": parse_commits(_stdout(out, "log")) if moved and old else [],
+        "commit_count": int(count),
+        "after": _state(out).state,
+    }
+
+
+def _after_history() -> str:
+    return (
+        f"{step('new', *REV_HEAD)} && "
+        f'{{ if [ -n "$o" ]; then {step("log", *LOG_RANGE)} && '
+        f"{step('count', *COUNT_RANGE)}; fi; }} && {step('status', *STATUS)}"
+    )
+
+
+def _build_pull(args: NoArgs, ctx: BuildContext) -> Script:
+    pull = step("pull", "git", "pull", "--ff-only", "--no-rebase", "--no-autostash", "--progress")
+    return _seq(
+        GIT_PRESENT,
+        REPO_ACCEPTED,
+        NO_OP_IN_PROGRESS,
+        SAVE_HEAD,
+        f"{step('old', *REV_HEAD)}; {pull} && {_after_history()}",
+    )
+
+
+def _build_rebase(args: NoArgs, ctx: BuildContext) -> Script:
+    pull = step("pull", "git", "pull", "--rebase", "--no-autostash", "--progress")
+    # On failure mid-rebase: record the conflicted files, abort in the same call,
+    # and record HEAD after, so the caller can prove the repo is as it was.
+    recover = (
+        f"{step('conflicts', 'git', 'diff', '--name-only', '--diff-filter=U', '-z')}; "
+        f"{step('abort', 'git', 'rebase', '--abort')}; "
+        f"{step('restored', *REV_HEAD)}"
+    )
+    in_rebase = (
+        '[ -e "$(git rev-parse --git-path rebase-merge)" ] || '
+        '[ -e "$(git rev-parse --git-path rebase-apply)" ]'
+    )
+    return _seq(
+        GIT_PRESENT,
+        REPO_ACCEPTED,
+        NO_OP_IN_PROGRESS,
+        SAVE_HEAD,
+        f"{step('old', *REV_HEAD)}; {pull}",
+        "_p=$?",
+        f"if [ $_p -ne 0 ]; then if {in_rebase}; then {recover}; fi; (exit $_p); "
+        f"else {_after_history()}; fi",
+    )
+
+
+# --------------------------------------------------------------------------- push
+
+
+def _push_refspec(branch: str) -> str:
+    # An explicit refspec without '+' is never forced, and never reads
+    # remote.<name>.push or .mirror from the repo's config.
+    return "HEAD" if branch == "HEAD" else f"refs/heads/{branch}:refs/heads/{branch}"
+
+
+def _build_push(args: PushArgs, ctx: BuildContext) -> Script:
+    return _seq(
+        GIT_PRESENT,
+        REPO_ACCEPTED,
+        _remote_exists(args.remote),
+        step(
+            "push",
+            "git",
+            "push",
+            "--porcelain",
+            "--progress",
+            args.remote,
+            _push_refspec(args.branch),
+        ),
+    )
+
+
+def _parse_push(out: ScriptOutput, args: PushArgs) -> dict[str, Any]:
+    refs = parse_push_porcelain(_stdout(out, "push"))
+    if not refs:
+        raise UnparseableOutput("git push --porcelain reported no ref")
+    return {
+        "remote": args.remote,
+        "refs": refs,
+        "up_to_date": all(r.status == "up_to_date" for r in refs),
+    }
+
+
+# --------------------------------------------------------------------------- wandb
+
+# Lists <dir>/offline-run-* as "<name>\t<KiB>\t<synced 0|1>". A run counts as synced when
+# run-<id>.wandb.synced sits next to run-<id>.wandb, which is what `wandb sync` writes.
+LIST_RUNS = (
+    'for d in "$1"/offline-run-*; do [ -d "$d" ] || continue; n=${d##*/}; i=${n##*-}; '
+    'if [ -e "$d/run-$i.wandb.synced" ]; then y=1; else y=0; fi; '
+    'k=$(du -sk -- "$d" 2>/dev/null | cut -f1); '
+    'printf "%s\\t%s\\t%s\\n" "$n" "${k:-0}" "$y"; done'
+)
+
+
+@functools.lru_cache(maxsize=8)
+def wandb_words(command: str) -> tuple[str, ...]:
+    """The configured wandb command line, split into words (config, not agent input)."""
+    words = tuple(shlex.split(command))
+    if not words:
+        raise RelayValidationError(
+            "AEXP_RELAY_WANDB is empty.", hint="Set it to the wandb command on the login node."
+        )
+    return words
+
+
+def _home_word(word: str) -> Word:
+    # A path starting with ~/ must expand on the login node: everything after it is quoted.
+    return Raw(quote_repo(word)) if word == "~" or word.startswith("~/") else word
+
+
+def run_path(ctx: BuildContext, run: str) -> str:
+    """Where a run lives, as the login node sees it (relative to the repo, absolute or ~/)."""
+    return f"{ctx.wandb_dir.rstrip('/')}/{run}"
+
+
+def wandb_sync_argv(ctx: BuildContext, runs: list[str]) -> list[Word]:
+    return [
+        *(_home_word(w) if i == 0 else w for i, w in enumerate(ctx.wandb_words)),
+        "sync",
+        *(_home_word(run_path(ctx, r)) for r in runs),
+    ]
+
+
+def display_wandb_command(ctx: BuildContext, runs: list[str]) -> str:
+    return render_words(wandb_sync_argv(ctx, runs))
+
+
+def _wandb_probe(ctx: BuildContext) -> str:
+    prog = render_words([_home_word(ctx.wandb_words[0])])
+    return f"b wandb; command -v {prog} >/dev/null 2>&1; e wandb $?"
+
+
+def build_wandb_preview(args: WandbSyncArgs, ctx: BuildContext) -> Script:
+    directory = render_words([_home_word(ctx.wandb_dir)])
+    return _seq(
+        f"b wandb_dir; [ -d {directory} ]; e wandb_dir $?",
+        step("runs", "sh", "-c", LIST_RUNS, "sh", _home_word(ctx.wandb_dir)),
+        _wandb_probe(ctx),
+    )
+
+
+@dataclass(frozen=True)
+class WandbListing:
+    wanted: list[WandbRun]
+    all_runs: int
+    wandb_available: bool
+    dir_exists: bool
+
+
+def parse_wandb_preview(out: ScriptOutput, args: WandbSyncArgs) -> WandbListing:
+    listed = parse_wandb_runs(_stdout(out, "runs"))
+    wanted = (
+        [r for r in listed if not r.synced]
+        if args.runs is None
+        else [r for r in listed if r.name in set(args.runs)]
+    )
+    return WandbListing(
+        wanted=wanted,
+        all_runs=len(listed),
+        wandb_available=out.require("wandb").exit_code == 0,
+        dir_exists=out.require("wandb_dir").exit_code == 0,
+    )
+
+
+def _build_wandb_sync(args: WandbSyncArgs, ctx: BuildContext) -> Script:
+    runs = args.runs or []
+    checks = [guard("run_not_found", "test", "-d", _home_word(run_path(ctx, r))) for r in runs]
+    prog = render_words([_home_word(ctx.wandb_words[0])])
+    return _seq(
+        *checks,
+        f"command -v {prog} >/dev/null 2>&1 || f wandb_missing",
+        step("sync", *wandb_sync_argv(ctx, runs)),
+    )
+
+
+def _parse_wandb_sync(out: ScriptOutput, args: WandbSyncArgs) -> dict[str, Any]:
+    sec = out.require("sync")
+    return {"synced": list(args.runs or []), "output_tail": tail(sec.stdout + sec.stderr, 10)}
+
+
+# --------------------------------------------------------------------------- connection check
+
+
+def build_check(ctx: BuildContext) -> Script:
+    """Not an op: what `check_connection` runs. Reports git, wandb and the repo in one call."""
+    parts = [step("git_version", "git", "--version"), _wandb_probe(ctx)]
+    if ctx.repo:
+        parts += [
+            enter_repo(ctx.repo),
+            step("inside", "git", "rev-parse", "--is-inside-work-tree"),
+            step("branch", "git", "symbolic-ref", "--short", "-q", "HEAD"),
+        ]
+    return _seq(*parts)
+
+
+# --------------------------------------------------------------------------- registry
+
+OPS: dict[str, OpSpec] = {
+    spec.name: spec
+    for spec in (
+        OpSpec(
+            name="repo_status",
+            summary="Branch, upstream, ahead/behind, and changed files of the checkout. Read-only.",
+            args_model=NoArgs,
+            mutating=False,
+            consent=False,
+            default_timeout=DEFAULT_OP_TIMEOUT,
+            commands=(
+                "git --no-optional-locks status --porcelain=v2 --branch -z",
+                "git --no-optional-locks log -1 --format=%H%x09%s",
+            ),
+            build=_build_repo_status,
+            parse=_parse_repo_status,
+            result_model=RepoStatus,
+        ),
+        OpSpec(
+            name="fetch",
+            summary="Fetch from a remote (default all), pruning deleted branches; "
+            "reports refs that moved and ahead/behind after.",
+            args_model=FetchArgs,
+            mutating=True,
+            consent=False,
+            default_timeout=DEFAULT_OP_TIMEOUT,
+            commands=(
+                "git rev-parse --git-dir",
+                "git remote get-url -- <remote>  (when a remote is named)",
+                "git for-each-ref refs/remotes",
+                "git fetch --prune --progress (--all | <remote>)",
+                "git for-each-ref refs/remotes",
+                "git --no-optional-locks status --porcelain=v2 --branch -z",
+            ),
+            build=_build_fetch,
+            parse=_parse_fetch,
+            result_model=FetchResult,
+        ),
+        OpSpec(
+            name="pull",
+            summary="Fast-forward the current branch to its upstream. Never merges or rebases; "
+            "fails with kind 'diverged' when both sides have new commits.",
+            args_model=NoArgs,
+            mutating=True,
+            consent=False,
+            default_timeout=DEFAULT_OP_TIMEOUT,
+            commands=(
+                "git rev-parse --git-dir",
+                "git pull --ff-only --no-rebase --no-autostash --progress",
+                "git log --format=%H%x09%s <old>..HEAD",
+                "git --no-optional-locks status --porcelain=v2 --branch -z",
+            ),
+            build=_build_pull,
+            parse=_history,
+            result_model=PullResult,
+        ),
+        OpSpec(
+            name="rebase",
+            summary="Rebase local commits onto the upstream (git pull --rebase). On conflict "
+            "the rebase is aborted in the same call and the repo is left exactly as before.",
+            args_model=NoArgs,
+            mutating=True,
+            consent=False,
+            default_timeout=DEFAULT_OP_TIMEOUT,
+            commands=(
+                "git rev-parse --git-dir",
+                "git pull --rebase --no-autostash --progress",
+                "on conflict: git diff --name-only --diff-filter=U -z; git rebase --abort",
+                "git log --format=%H%x09%s <old>..HEAD",
+                "git --no-optional-locks status --porcelain=v2 --branch -z",
+            ),
+            build=_build_rebase,
+            parse=_history,
+            result_model=RebaseResult,
+        ),
+        OpSpec(
+            name="push",
+            summary="Push a branch (default the current one) to the same name on a remote "
+            "(default origin). Never forces, deletes or mirrors.",
+            args_model=PushArgs,
+            mutating=True,
+            consent=False,
+            default_timeout=DEFAULT_OP_TIMEOUT,
+            commands=(
+                "git rev-parse --git-dir",
+                "git remote get-url -- <remote>",
+                "git push --porcelain --progress <remote> (HEAD | refs/heads/<b>:refs/heads/<b>)",
+            ),
+            build=_build_push,
+            parse=_parse_push,
+            result_model=PushResult,
+        ),
+        OpSpec(
+            name="wandb_sync",
+            summary="Upload offline wandb runs (from the repo's wandb/, or AEXP_RELAY_WANDB_DIR). "
+            "Consent op: "
+            "without approval nothing is uploaded and a preview is returned.",
+            args_model=WandbSyncArgs,
+            mutating=True,
+            consent=True,
+            default_timeout=DEFAULT_WANDB_TIMEOUT,
+            commands=(
+                "preview: list <wandb dir>/offline-run-* with du -sk and run-<id>.wandb.synced",
+                "<wandb> sync <wandb dir>/<run> ...",
+            ),
+            build=_build_wandb_sync,
+            parse=_parse_wandb_sync,
+            result_model=WandbSyncResult,
+        ),
+    )
+}
+
+
+COMMON_ARGUMENTS = ("ssh_host", "remote_repo", "timeout")
+
+
+def op_arguments(op: str) -> list[str]:
+    """Every argument a call of op accepts (``status`` included), in library names."""
+    spec = OPS.get(op)
+    fields = list(spec.args_model.model_fields) if spec else []
+    return [*fields, *(["approve"] if spec and spec.consent else []), *COMMON_ARGUMENTS]
+
+
+def validate_request(op: str, args: Mapping[str, Any] | None = None) -> tuple[OpSpec, OpArgs]:
+    """Check op and args against the whitelist; raise RelayValidationError before anything runs."""
+    spec = OPS.get(op) if isinstance(op, str) else None
+    if spec is None:
+        raise RelayValidationError(
+            f"Op {op!r} is not in the whitelist.",
+            hint=f"Use one of: {', '.join(OPS)}.",
+        )
+    if args is not None and not isinstance(args, Mapping):
+        raise RelayValidationError(
+            f"Arguments must be a mapping, not {type(args).__name__}.",
+            hint=f"{{op:{op}}} accepts: {args_placeholder(op_arguments(op))}.",
+            op=op,
+        )
+    try:
+        return spec, spec.args_model.model_validate(dict(args or {}))
+    except ValidationError as exc:
+        raise invalid_arguments(op, exc) from None
+
+
+def invalid_arguments(op: str, exc: ValidationError) -> RelayValidationError:
+    """The one shape of an argument error, for the registry and the tool schemas alike."""
+    return RelayValidationError(
+        f"Invalid arguments: {describe_validation_error(exc)}.",
+        hint=f"{{op:{op}}} accepts: {args_placeholder(op_arguments(op))}. Types are strict: "
+        "booleans are true/false, "
+        "numbers are numbers, lists are JSON arrays.",
+        op=op,
+    )
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """pydantic's errors as one line an agent can act on ("unknown argument 'force'; ...")."""
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error.get("loc", ())) or "arguments"
+        if error.get("type") == "extra_forbidden":
+            problems.append(f"unknown argument {where!r}")
+        else:
+            msg = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+            problems.append(f"{where}: {msg}")
+    return "; ".join(problems)

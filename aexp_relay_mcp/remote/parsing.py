@@ -1,0 +1,222 @@
+"""Pure: git porcelain, push, fetch and wandb output -> typed values."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..model.results import BranchState, Commit, FileEntry, PushedRef, RefUpdate, WandbRun
+from ..model.text import clean_text
+
+LIST_CAP = 200
+COMMIT_CAP = 100
+
+
+# --------------------------------------------------------------------------- status
+
+
+@dataclass(frozen=True)
+class ParsedStatus:
+    state: BranchState
+    staged: list[FileEntry]
+    unstaged: list[FileEntry]
+    untracked: list[str]
+    conflicted: list[str]
+    counts: tuple[int, int, int, int]
+
+    @property
+    def truncated(self) -> bool:
+        shown = (len(self.staged), len(self.unstaged), len(self.untracked), len(self.conflicted))
+        return any(n > k for n, k in zip(self.counts, shown, strict=True))
+
+
+def parse_status_z(text: str, cap: int = LIST_CAP) -> ParsedStatus:
+    """Parse ``git status --porcelain=v2 --branch -z``."""
+    branch: str | None = None
+    head: str | None = None
+    upstream: str | None = None
+    ahead: int | None = None
+    behind: int | None = None
+    staged: list[FileEntry] = []
+    unstaged: list[FileEntry] = []
+    untracked: list[str] = []
+    conflicted: list[str] = []
+    counts = [0, 0, 0, 0]
+    records = text.split("\0")
+    i = 0
+    while i < len(records):
+        rec = records[i]
+        i += 1
+        if not rec:
+            continue
+        if rec.startswith("# branch.oid "):
+            oid = rec[len("# branch.oid ") :]
+            head = None if oid == "(initial)" else oid
+        elif rec.startswith("# branch.head "):
+            name = rec[len("# branch.head ") :]
+            branch = None if name == "(detached)" else clean_text(name)
+        elif rec.startswith("# branch.upstream "):
+            upstream = clean_text(rec[len("# branch.upstream ") :])
+        elif rec.startswith("# branch.ab "):
+            m = re.match(r"# branch\.ab \+(\d+) -(\d+)", rec)
+            if m:
+                ahead, behind = int(m.group(1)), int(m.group(2))
+        elif rec[:2] in ("1 ", "2 "):
+            fields = rec.split(" ", 8 if rec[0] == "1" else 9)
+            xy = fields[1]
+            path = clean_text(fields[-1])
+            orig = None
+            if rec[0] == "2" and i < len(records):
+                orig = clean_text(records[i])
+                i += 1
+            entry = FileEntry(path=path, status=xy, orig_path=orig)
+            if xy[0] != ".":
+                counts[0] += 1
+                if len(staged) < cap:
+                    staged.append(entry)
+            if xy[1] != ".":
+                counts[1] += 1
+                if len(unstaged) < cap:
+                    unstaged.append(entry)
+        elif rec.startswith("u "):
+            counts[3] += 1
+            if len(conflicted) < cap:
+                conflicted.append(clean_text(rec.split(" ", 10)[-1]))
+        elif rec.startswith("? "):
+            counts[2] += 1
+            if len(untracked) < cap:
+                untracked.append(clean_text(rec[2:]))
+    state = BranchState(branch=branch, head=head, upstream=upstream, ahead=ahead, behind=behind)
+    return ParsedStatus(state, staged, unstaged, untracked, conflicted, tuple(counts))  # type: ignore[arg-type]
+
+
+def parse_head_line(text: str) -> tuple[str | None, str | None]:
+    line = text.strip("\n")
+    if not line:
+        return None, None
+    sha, _, subject = line.partition("\t")
+    return sha or None, clean_text(subject)
+
+
+def parse_commits(text: str, cap: int = COMMIT_CAP) -> list[Commit]:
+    commits = []
+    for line in text.splitlines():
+        sha, sep, subject = line.partition("\t")
+        if sep and re.fullmatch(r"[0-9a-f]{7,64}", sha):
+            commits.append(Commit(sha=sha, subject=clean_text(subject)))
+        if len(commits) >= cap:
+            break
+    return commits
+
+
+def parse_sha(text: str) -> str | None:
+    value = text.strip()
+    return value if re.fullmatch(r"[0-9a-f]{7,64}", value) else None
+
+
+# --------------------------------------------------------------------------- progress
+
+# git --progress phases, in the order they happen, for one overall percentage.
+_PROGRESS_RE = re.compile(
+    rb"(Counting objects|Compressing objects|Receiving objects|Resolving deltas|Writing objects)"
+    rb":\s+(\d{1,3})%"
+)
+_PHASE_ORDER = {
+    b"Counting objects": 0,
+    b"Compressing objects": 1,
+    b"Receiving objects": 2,
+    b"Writing objects": 2,
+    b"Resolving deltas": 3,
+}
+
+
+class GitProgress:
+    """Feeds on git's stderr bytes; calls back with (overall percent, message) as it moves."""
+
+    def __init__(self, callback: Callable[[float, str], None]) -> None:
+        self.callback = callback
+        self.last = -1.0
+        self.pending = b""
+
+    def feed(self, chunk: bytes) -> None:
+        data = self.pending + chunk
+        cut = max(data.rfind(b"\r"), data.rfind(b"\n"))
+        self.pending = data[cut + 1 :][-256:] if cut >= 0 else data[-256:]
+        for match in _PROGRESS_RE.finditer(data[: cut + 1] if cut >= 0 else b""):
+            phase = match.group(1)
+            pct = min(100, int(match.group(2)))
+            overall = (_PHASE_ORDER[phase] * 100 + pct) / 4
+            if overall > self.last:
+                self.last = overall
+                self.callback(overall, f"{phase.decode()}: {pct}%")
+
+
+# --------------------------------------------------------------------------- fetch
+
+
+def parse_ref_snapshot(text: str) -> dict[str, str]:
+    refs = {}
+    for line in text.splitlines():
+        sha, _, ref = line.partition(" ")
+        if ref and not ref.endswith("/HEAD"):
+            refs[ref] = sha
+    return refs
+
+
+def diff_refs(before: dict[str, str], after: dict[str, str]) -> list[RefUpdate]:
+    updates = []
+    for ref in sorted(set(before) | set(after)):
+        old, new = before.get(ref), after.get(ref)
+        if old == new:
+            continue
+        change = "new" if old is None else "deleted" if new is None else "updated"
+        short = clean_text(ref.removeprefix("refs/remotes/"))
+        updates.append(RefUpdate(ref=short, old=old, new=new, change=change))
+    return updates
+
+
+# --------------------------------------------------------------------------- push
+
+_PUSH_FLAGS = {" ": "ok", "+": "forced", "-": "deleted", "*": "new", "=": "up_to_date"}
+
+
+def parse_push_porcelain(text: str) -> list[PushedRef]:
+    """Lines ``<flag>\\t<from>:<to>\\t<summary>`` from ``git push --porcelain``."""
+    refs = []
+    for line in text.splitlines():
+        if len(line) < 2 or line[1] != "\t":
+            continue
+        flag, _, rest = line[0], "", line[2:]
+        spec, _, summary = rest.partition("\t")
+        local, _, remote_ref = spec.partition(":")
+        if flag == "!":
+            status = "remote_rejected" if "remote rejected" in summary else "rejected"
+        else:
+            status = _PUSH_FLAGS.get(flag, "unknown")
+        refs.append(
+            PushedRef(
+                local=clean_text(local),
+                remote_ref=clean_text(remote_ref),
+                status=status,
+                summary=clean_text(summary),
+            )
+        )
+    return refs
+
+
+# --------------------------------------------------------------------------- wandb
+
+RUN_NAME_RE = re.compile(r"^offline-run-[A-Za-z0-9_.-]+$")
+
+
+def parse_wandb_runs(text: str) -> list[WandbRun]:
+    """Lines ``<name>\\t<KiB>\\t<synced 0|1>`` from the run listing."""
+    runs = []
+    for line in text.splitlines():
+        parts = line.split("\t")
+        if len(parts) != 3 or not RUN_NAME_RE.match(parts[0]) or ".." in parts[0]:
+            continue
+        kib = int(parts[1]) if parts[1].isdigit() else 0
+        runs.append(WandbRun(name=parts[0], size_bytes=kib * 1024, synced=parts[2] == "1"))
+    return sorted(runs, key=lambda r: r.name)

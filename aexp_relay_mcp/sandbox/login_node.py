@@ -1,0 +1,371 @@
+"""The sandbox as a whole (``Sandbox``): the login node, its accounts, repos and wandb."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+from ..model.config import RelayConfig
+from ..ssh.procs import process_table
+from .account import MFA_PASSWORD, Account, LoginUser, current_user, login_user, set_password
+from .repos import Repos
+from .sshd import SandboxError, SshServer, free_port, sshd_available
+from .wandb_stub import install_wandb, make_runs
+
+HOST_ALIAS = "aexp-sandbox"
+# Test aliases: one whose ProxyCommand hangs, one with a wrong known host key,
+# one with a key the server does not accept, one that nothing listens on.
+HANG_ALIAS = "aexp-sandbox-hang"
+BADKEY_ALIAS = "aexp-sandbox-badhostkey"
+UNKNOWNKEY_ALIAS = "aexp-sandbox-unknownhostkey"
+NOAUTH_ALIAS = "aexp-sandbox-noauth"
+CLOSED_ALIAS = "aexp-sandbox-closed"
+BASTION_ALIAS = "aexp-sandbox-bastion"
+JUMP_ALIAS = "aexp-sandbox-jump"
+MFA_ALIAS = "aexp-sandbox-mfa"
+
+# Used only when sshd is missing, and always labelled: NOT ssh. It drops ssh's
+# options and the host, then runs the remote command with the local sh.
+SSH_STANDIN = """#!/bin/sh
+# aexp sandbox LOCAL STAND-IN for ssh (no sshd installed): runs the command locally.
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --) shift; break ;;
+    -o|-F|-E|-p|-i|-l|-J) shift 2 ;;
+    -*) shift ;;
+    *) break ;;
+  esac
+done
+shift
+exec sh -c "$1"
+"""
+
+
+class Sandbox:
+    """Start with ``with Sandbox() as sb:``; everything it started stops on exit."""
+
+    def __init__(
+        self,
+        *,
+        max_sessions: int = 10,
+        runs: int = 3,
+        standin: bool = False,
+        profile: str = "clean",
+        bastion: bool = False,
+        mfa: bool = False,
+    ) -> None:
+        """``standin=True``: no sshd; ops go through a local stand-in for ssh (labelled so)."""
+        if mfa and os.geteuid() != 0:
+            raise SandboxError("the MFA stand-in checks a password, which needs root")
+        self.standin = standin
+        self.n_runs = runs
+        self.root = Path(tempfile.mkdtemp(prefix="aexp-", dir="/tmp"))
+        self.ssh_dir = self.root / "ssh"
+        self.remote_dir = self.root / "remote"
+        self.bin_dir = self.remote_dir / "bin"
+        self.wandb = self.bin_dir / "wandb"
+        self.wandb_log = self.remote_dir / "wandb-calls.log"
+        self.audit_log = self.root / "audit.log"
+        self.ssh_config = self.ssh_dir / "ssh_config"
+        self.ssh_bin = "ssh"
+        self.user: LoginUser = current_user() if standin else login_user()
+        self.account = Account(self.user, self.root / "home")
+        self.account.profile = profile
+        self.repos = Repos(self.remote_dir, self.user)
+        self.remote_path = f"{self.bin_dir}:/usr/local/bin:/usr/bin:/bin"
+        keys = self.ssh_dir
+        server = {
+            "ssh_dir": keys,
+            "user": self.user.name,
+            "host_key": keys / "host_ed25519",
+            "authorized_keys": keys / "authorized_keys",
+        }
+        self.server = SshServer("sshd", max_sessions=max_sessions, **server)  # type: ignore[arg-type]
+        self.bastion = SshServer("bastion", **server) if bastion else None  # type: ignore[arg-type]
+        self.mfa = SshServer("mfa", password=True, **server) if mfa else None  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> Sandbox:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def start(self) -> None:
+        self.ssh_dir.mkdir()
+        self.remote_dir.mkdir()
+        if self.standin:
+            standin = self.ssh_dir / "ssh-standin"
+            standin.write_text(SSH_STANDIN)
+            standin.chmod(0o755)
+            self.ssh_bin = str(standin)
+            self.ssh_config.write_text("# no sshd: local stand-in\n")
+            self._make_remote()
+            return
+        if not sshd_available():
+            raise SandboxError(
+                "OpenSSH server not found at /usr/sbin/sshd. Install it: "
+                "sudo apt-get install -y openssh-server (Debian/Ubuntu), "
+                "sudo dnf install -y openssh-server (Fedora/RHEL)."
+            )
+        os.chmod(self.ssh_dir, 0o711)  # sshd reads authorized_keys as the login user
+        os.chmod(self.root, 0o711)
+        self._keys()
+        self.account.create()
+        self._make_remote()
+        if self.mfa is not None:
+            set_password(self.user, MFA_PASSWORD)
+        self.start_sshd()
+
+    def _make_remote(self) -> None:
+        self.bin_dir.mkdir()
+        install_wandb(self.wandb, self.wandb_log, self.repos)
+        self.repos.own(self.remote_dir)
+        self.repos.create()
+        make_runs(self.cluster / "wandb", self.n_runs, self.repos)
+        self.repos.own(self.remote_dir)
+
+    def close(self) -> None:
+        self.stop_masters()
+        for server in self._servers():
+            server.stop()
+        self._end_leftovers()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _end_leftovers(self) -> None:
+        """Remote commands that outlived their server (a test SIGKILLed it, on purpose):
+        anything still working in this sandbox's directories ends with it."""
+        needle = str(self.root).encode()
+        for proc in process_table():
+            if proc.pid != os.getpid() and any(needle in a for a in proc.argv):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(proc.pid, signal.SIGKILL)
+
+    def _servers(self) -> list[SshServer]:
+        return [s for s in (self.server, self.bastion, self.mfa) if s is not None]
+
+    # ------------------------------------------------------------------ the servers
+
+    def start_sshd(self) -> None:
+        for server in self._servers():
+            server.env = {"HOME": str(self.account.home), "PATH": self.remote_path}
+            if not server.running:
+                server.start()
+        self._write_client_config()
+
+    def stop_sshd(self) -> None:
+        self.server.stop()
+
+    def set_remote_path(self, *dirs: str) -> None:
+        """Restart sshd with another PATH for remote commands (e.g. one without git)."""
+        self.remote_path = ":".join(dirs)
+        self.stop_masters()
+        for server in self._servers():
+            server.stop()
+        self.start_sshd()
+
+    def set_profile(self, profile: str) -> None:
+        """Switch the login shell's rc files (clean or noisy); takes effect at once."""
+        self.account.set_profile(profile)
+
+    @property
+    def profile(self) -> str:
+        return self.account.profile
+
+    def kill_sessions(self) -> int:
+        return self.server.kill_sessions()
+
+    def pause_sshd(self) -> None:
+        self.server.pause()
+
+    def resume_sshd(self) -> None:
+        self.server.resume()
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def sshd_log(self) -> Path:
+        return self.server.log
+
+    @property
+    def sshd_pid(self) -> int | None:
+        return self.server.group if self.server.running else None
+
+    def logins(self, method: str = "") -> int:
+        """Logins to the login node so far, counted from its sshd's log."""
+        return self.server.logins(method)
+
+    def processes(self, *, masters: bool) -> list[int]:
+        """Local ssh processes pointed at this sandbox: shared-connection masters, or calls."""
+        needle = str(self.root).encode()
+        return [
+            p.pid
+            for p in process_table()
+            if p.state != "Z"
+            and p.argv
+            and p.argv[0].endswith(b"ssh")
+            and any(needle in a for a in p.argv)
+            and (b"-fNM" in p.argv) == masters
+        ]
+
+    def stop_masters(self) -> None:
+        for pid in self.processes(masters=True):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    # ------------------------------------------------------------------ keys and clients
+
+    def _keys(self) -> None:
+        for name in ("host_ed25519", "client_ed25519", "other_host_ed25519", "stranger_ed25519"):
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "aexp-sandbox",
+                 "-f", str(self.ssh_dir / name)],
+                check=True,
+            )  # fmt: skip
+        shutil.copy(self.ssh_dir / "client_ed25519.pub", self.ssh_dir / "authorized_keys")
+        os.chmod(self.ssh_dir / "authorized_keys", 0o644)
+
+    def _write_client_config(self) -> None:
+        d = self.ssh_dir
+        host_key = " ".join((d / "host_ed25519.pub").read_text().split()[:2])
+        other_key = " ".join((d / "other_host_ed25519.pub").read_text().split()[:2])
+        known = "".join(
+            f"[{name}]:{s.port} {host_key}\n"
+            for s in self._servers()
+            for name in ("127.0.0.1", "localhost")
+        )
+        (d / "known_hosts").write_text(known)
+        (d / "known_hosts.bad").write_text(f"[127.0.0.1]:{self.port} {other_key}\n")
+        (d / "known_hosts.empty").write_text("")
+
+        def block(alias: str, port: int, *, known: str = "known_hosts",
+                  key: str = "client_ed25519", extra: str = "",
+                  hostname: str = "127.0.0.1") -> str:  # fmt: skip
+            return f"""Host {alias}
+    HostName {hostname}
+    Port {port}
+    User {self.user.name}
+    IdentityFile {d}/{key}
+    IdentitiesOnly yes
+    IdentityAgent none
+    UserKnownHostsFile {d}/{known}
+{extra}
+"""
+
+        blocks = [
+            block(HOST_ALIAS, self.port),
+            block(HANG_ALIAS, self.port, extra="    ProxyCommand sleep 600"),
+            block(BADKEY_ALIAS, self.port, known="known_hosts.bad"),
+            block(UNKNOWNKEY_ALIAS, self.port, known="known_hosts.empty"),
+            block(NOAUTH_ALIAS, self.port, key="stranger_ed25519"),
+            block(CLOSED_ALIAS, free_port()),
+        ]
+        if self.bastion is not None:
+            blocks.append(block(BASTION_ALIAS, self.bastion.port))
+            # Its own HostName, so its own ControlPath (%C): it never rides the direct master.
+            jump = f"    ProxyJump {BASTION_ALIAS}"
+            blocks.append(block(JUMP_ALIAS, self.port, hostname="localhost", extra=jump))
+        if self.mfa is not None:
+            blocks.append(block(MFA_ALIAS, self.mfa.port))
+        (d / "ssh_config").write_text(
+            "".join(blocks)
+            + """Host *
+    GlobalKnownHostsFile /dev/null
+    StrictHostKeyChecking yes
+    CheckHostIP no
+    UpdateHostKeys no
+    BatchMode yes
+    ConnectTimeout 5
+    LogLevel ERROR
+"""
+        )
+
+    # ------------------------------------------------------------------ repos
+
+    @property
+    def origin(self) -> Path:
+        return self.repos.origin
+
+    @property
+    def cluster(self) -> Path:
+        return self.repos.cluster
+
+    @property
+    def other(self) -> Path:
+        return self.repos.other
+
+    def write(self, path: Path, text: str) -> None:
+        self.repos.write(path, text)
+
+    def git_env(self) -> dict[str, str]:
+        return self.repos.git_env()
+
+    def git(self, cwd: Path, *args: str, check: bool = True) -> str:
+        return self.repos.git(cwd, *args, check=check)
+
+    def commit(self, clone: Path, path: str, text: str, message: str) -> str:
+        return self.repos.commit(clone, path, text, message)
+
+    def push_from_other(self, path: str = "upstream.txt", text: str = "upstream\n") -> str:
+        return self.repos.push_from_other(path, text)
+
+    def head(self, repo: Path) -> str:
+        return self.repos.head(repo)
+
+    def origin_refs(self) -> dict[str, str]:
+        return self.repos.origin_refs()
+
+    def foreign_clone(self, name: str = "foreign") -> Path:
+        """A clone owned by another user (root): git on the login node refuses it."""
+        if os.geteuid() != 0 or self.user.uid == 0:
+            raise SandboxError("a foreign-owned checkout needs root and a separate login user")
+        where = self.remote_dir / name
+        self.repos.clone(where, as_user=False)
+        make_runs(where / "wandb", 1, self.repos, synced_last=False)
+        return where
+
+    # ------------------------------------------------------------------ pointing the relay at it
+
+    def config(self, **overrides: object) -> RelayConfig:
+        base = RelayConfig(
+            ssh_host=HOST_ALIAS,
+            remote_repo=str(self.cluster),
+            ssh_config=str(self.ssh_config),
+            wandb=str(self.wandb),
+            audit_log=self.audit_log,
+            connect_timeout=5,
+            verbose_log_dir=self.root / "ssh-logs",
+            ssh_bin=self.ssh_bin,
+            control_dir=str(self.root / "cm"),
+        )
+        return base.replace(**overrides)
+
+    def env(self) -> dict[str, str]:
+        """The AEXP_RELAY_* variables that point the CLI or MCP server at the sandbox."""
+        return {
+            "AEXP_RELAY_SSH_HOST": HOST_ALIAS,
+            "AEXP_RELAY_REMOTE_REPO": str(self.cluster),
+            "AEXP_RELAY_SSH_CONFIG": str(self.ssh_config),
+            "AEXP_RELAY_WANDB": str(self.wandb),
+            "AEXP_RELAY_AUDIT_LOG": str(self.audit_log),
+            "AEXP_RELAY_CONNECT_TIMEOUT": "5",
+            "AEXP_RELAY_SSH_BIN": self.ssh_bin,
+            # The sandbox's own sockets and locks: never the user's real ones.
+            "AEXP_RELAY_CONTROL_DIR": str(self.root / "cm"),
+        }

@@ -1,0 +1,37 @@
+"""Pure: the command that ends a remote process group (TERM, poll, KILL).
+
+Not an op: the process-group id is an integer the start marker reported. It knows
+processes, not git.
+"""
+
+from __future__ import annotations
+
+KILL_DONE = "aexp-kill:"
+
+
+def build_kill_command(pgid: int, *, poll_s: float = 0.05, polls: int = 40) -> str:
+    """End a remote process group: TERM, then poll until it is gone, and KILL only if it
+    outlives ``poll_s * polls`` seconds. Prints ``aexp-kill: gone`` or ``aexp-kill:
+    killed`` last. Not an op: the pid is an integer the start marker reported.
+
+    "Gone" means ``kill -0`` fails, or every process left in the group is a zombie (an
+    orphan whose reaper is slow, as in some containers): ``ps`` is asked only then.
+    """
+    if int(pgid) <= 1:
+        raise ValueError("refusing to signal process group <= 1")
+    p = f"-{int(pgid)}"
+    gone = f"{{ echo '{KILL_DONE} gone'; exit 0; }}"
+    only_zombies = (
+        '_s=$(ps -A -o pgid= -o stat= 2>/dev/null) && [ -n "$_s" ] && '
+        f"! printf '%s\\n' \"$_s\" | awk '$1 == {int(pgid)} && $2 !~ /^Z/ {{f = 1}} "
+        "END {exit !f}'"
+    )
+    return (
+        f"kill -TERM {p} 2>/dev/null || {gone}; _i=0; "
+        f"while [ $_i -lt {int(polls)} ]; do "
+        f"sleep {poll_s:g} 2>/dev/null || sleep 1; "
+        f"kill -0 {p} 2>/dev/null || {gone}; "
+        f"if [ $((_i % 2)) -eq 1 ] && {only_zombies}; then {gone}; fi; "
+        "_i=$((_i+1)); done; "
+        f"kill -KILL {p} 2>/dev/null; echo '{KILL_DONE} killed'; exit 0"
+    )

@@ -1,0 +1,266 @@
+"""How one remote command reaches the login node. Knows ssh, not git.
+
+In order of preference:
+
+1. **native mux**: a session on the host's shared connection, asked of the master
+   directly (``mux.py``): no local process at all;
+2. **ssh through the master**: ``ssh -o ControlMaster=no -o ControlPath=...``, when
+   AEXP_RELAY_MUX_CLIENT=ssh, when ssh debug logging is on, or when the master would not
+   talk to us;
+3. **direct**: a fresh ``ssh`` login, when reuse is off or no master could start.
+
+A session refused by the server (its MaxSessions) is retried, briefly, until the call's
+deadline; the relay never falls back to a fresh login for it, since on an MFA host that
+is a prompt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..model.config import RelayConfig
+from ..model.errors import RelayError, RelayTimeoutError
+from . import mux
+from .argv import build_ssh_argv
+from .masters import ConnectionManager, Route, SharedConnection, master_start_timeout
+from .remote_kill import KILL_DONE, build_kill_command
+from .runner import OnStart, ProcessResult, ProcessTimeout, Runner, run_process
+
+REFUSED_RETRY_S = 0.05
+# The probe `status` compares a shell-starting call with: a subsystem nobody defines,
+# which sshd refuses without starting the login shell. sshd logs the refusal at INFO.
+NO_SHELL_PROBE = "aexp-relay-no-shell-probe"
+
+
+@dataclass(frozen=True)
+class RemoteRun:
+    """A finished remote command and how it travelled."""
+
+    result: ProcessResult
+    multiplexed: bool
+    via: str  # mux (native), ssh (spawned client over the master), direct (fresh login)
+
+
+class Transport:
+    def __init__(
+        self,
+        config: RelayConfig,
+        connections: ConnectionManager,
+        *,
+        runner: Runner = run_process,
+        env: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.connections = connections
+        self.runner = runner
+        self.env = env
+        self.clock = clock
+        # Masters that are alive but would not talk to our client (another protocol
+        # version): an ssh client talks to them for us.
+        self._spawn_only: set[str] = set()
+
+    def native(self, path: str) -> bool:
+        return (
+            self.config.mux_client == "native"
+            and not self.config.ssh_verbose
+            and path not in self._spawn_only
+        )
+
+    async def run(
+        self,
+        host: str,
+        command: str,
+        *,
+        deadline: float,
+        on_stderr: Callable[[bytes], None] | None = None,
+        on_start: OnStart | None = None,
+        verbose_log: Path | None = None,
+        use_slot: bool = True,
+    ) -> RemoteRun:
+        """Run command on host before deadline. Raises ProcessTimeout (with the partial
+        output), RelayTimeoutError, RelayDownError, FileNotFoundError (no ssh)."""
+        for _ in range(2):
+            route = await self._route(host, deadline)
+            if route.control_path is None:
+                break
+            try:
+                slot = (
+                    self.connections.session_slot(route.control_path, deadline)
+                    if use_slot
+                    else contextlib.nullcontext()
+                )
+                async with slot:
+                    return await self._over_master(
+                        host, route, command, deadline, on_stderr, on_start, verbose_log
+                    )
+            except mux.MasterUnavailable as exc:
+                if exc.wedged:
+                    # It accepts and never answers: ssh's own client would hang on it too.
+                    break
+                if mux.socket_accepts(route.control_path):
+                    # Alive, but not a master our client can talk to: ssh's own can.
+                    self._spawn_only.add(route.control_path)
+                else:
+                    # It died between the check and the call: the next round starts a
+                    # new one (or connects directly).
+                    self.connections.forget(route.control_path)
+        result = await self._spawn(host, command, [], deadline, on_stderr, on_start, verbose_log)
+        return RemoteRun(result, multiplexed=False, via="direct")
+
+    async def _route(self, host: str, deadline: float) -> Route:
+        try:
+            return await asyncio.wait_for(
+                self.connections.route(host, deadline), max(0.01, deadline - self.clock())
+            )
+        except asyncio.TimeoutError:
+            raise master_start_timeout(host) from None
+
+    async def _over_master(
+        self,
+        host: str,
+        route: Route,
+        command: str,
+        deadline: float,
+        on_stderr: Callable[[bytes], None] | None,
+        on_start: OnStart | None,
+        verbose_log: Path | None,
+    ) -> RemoteRun:
+        path = route.control_path
+        assert path is not None
+        if not self.native(path):
+            options = [f"ControlPath={path}"]
+            result = await self._spawn(
+                host, command, options, deadline, on_stderr, on_start, verbose_log
+            )
+            self.connections.note_result(path, result.stderr)
+            return RemoteRun(result, multiplexed=True, via="ssh")
+        while True:
+            try:
+                result = await mux.run_session(
+                    path,
+                    command,
+                    timeout=self._left(deadline),
+                    output_cap=self.config.output_cap,
+                    on_stderr=on_stderr,
+                    on_start=on_start,
+                )
+                return RemoteRun(result, multiplexed=True, via="mux")
+            except mux.SessionRefused:
+                if self.clock() + REFUSED_RETRY_S >= deadline:
+                    raise RelayTimeoutError(
+                        f"{host} kept refusing new sessions on the shared connection until the "
+                        "call's timeout (sshd's MaxSessions is reached).",
+                        hint="Other sessions to this host share the connection (terminals, "
+                        "other tools). Close some, or lower AEXP_RELAY_MAX_SESSIONS.",
+                    ) from None
+                await asyncio.sleep(REFUSED_RETRY_S)
+
+    def ssh_argv(
+        self,
+        host: str,
+        command: str,
+        options: Sequence[str] = (),
+        verbose_log: Path | None = None,
+        *,
+        connect_timeout: float | None = None,
+    ) -> list[str]:
+        return build_ssh_argv(
+            ssh_bin=self.config.ssh_bin,
+            host=host,
+            remote_command=command,
+            connect_timeout=connect_timeout or self.config.connect_timeout,
+            ssh_config=self.config.ssh_config,
+            verbose_log=verbose_log,
+            extra_options=options,
+        )
+
+    async def _spawn(
+        self,
+        host: str,
+        command: str,
+        options: Sequence[str],
+        deadline: float,
+        on_stderr: Callable[[bytes], None] | None,
+        on_start: OnStart | None,
+        verbose_log: Path | None,
+    ) -> ProcessResult:
+        argv = self.ssh_argv(host, command, options, verbose_log)
+        return await self.runner(
+            argv,
+            timeout=self._left(deadline),
+            output_cap=self.config.output_cap,
+            env=self.env,
+            on_stderr=on_stderr,
+            on_start=on_start,
+        )
+
+    def _left(self, deadline: float) -> float:
+        return max(0.05, deadline - self.clock())
+
+    # ------------------------------------------------------------------ remote kill
+
+    async def kill_remote(self, host: str, pgid: int, budget: float) -> bool:
+        """End a remote process group within budget; True once it is gone. Takes no session
+        slot: a kill must not wait behind the very calls it ends."""
+        try:
+            run = await self.run(
+                host, build_kill_command(pgid), deadline=self.clock() + budget, use_slot=False
+            )
+        except (ProcessTimeout, RelayError, mux.MuxError, OSError):
+            return False  # a down host or a dead master: nothing more to do from here
+        return KILL_DONE in run.result.stdout
+
+    def kill_remote_detached(self, host: str, pgid: int) -> None:
+        """Fire and forget, for shutdown: a short ``ssh ... kill`` in its own session that
+        outlives this process and ends on its own."""
+        path = self.connections.live_path(host)
+        argv = self.ssh_argv(
+            host,
+            build_kill_command(pgid),
+            [f"ControlPath={path}"] if path else [],
+            connect_timeout=min(self.config.connect_timeout, 5),
+        )
+        with contextlib.suppress(OSError):
+            subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+
+    # ------------------------------------------------------------------ probes
+
+    async def shared_connection(self, host: str) -> SharedConnection:
+        """What the status check reports about the host's shared connection."""
+        return await self.connections.check(host)
+
+    async def no_shell_round_trip(self, host: str, deadline: float) -> float | None:
+        """Seconds for a session that starts no login shell (a subsystem sshd refuses):
+        what a shell-starting call is compared with. None when it cannot be measured."""
+        route = await self._route(host, deadline)
+        started = self.clock()
+        try:
+            if route.control_path is not None and self.native(route.control_path):
+                await mux.run_session(
+                    route.control_path,
+                    NO_SHELL_PROBE,
+                    timeout=self._left(deadline),
+                    output_cap=4096,
+                    subsystem=True,
+                )
+            else:
+                options = [f"ControlPath={route.control_path}"] if route.control_path else []
+                argv = self.ssh_argv(host, NO_SHELL_PROBE, options)
+                argv.insert(1, "-s")
+                await self.runner(argv, timeout=self._left(deadline), output_cap=4096, env=self.env)
+        except (mux.MuxError, ProcessTimeout, OSError):
+            return None
+        return self.clock() - started
