@@ -36,8 +36,14 @@ def need_sshd() -> None:
     pytest.skip(reason)
 
 
-# Login-shell profiles for tests that must hold on both (the noisy one is slower).
-BOTH_PROFILES = ["clean", pytest.param("noisy", marks=pytest.mark.realism)]
+# Login nodes for tests that must hold on both: a clean account, and one as users have
+# them (a noisy, slow login shell and a power user's git config with chatty hooks).
+BOTH_PROFILES = [
+    pytest.param({"profile": "clean"}, id="clean"),
+    pytest.param(
+        {"profile": "noisy", "gitconfig": "power"}, id="noisy+power", marks=pytest.mark.realism
+    ),
+]
 
 
 @contextlib.contextmanager
@@ -87,7 +93,7 @@ def snapshot(sb: Sandbox, repo: Path) -> dict[str, str]:
             repo, "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads", "refs/tags"
         ),
         "index": sb.git(repo, "ls-files", "-s"),
-        "status": sb.git(repo, "status", "--porcelain=v1", "-uall"),
+        "status": sb.git(repo, "--no-optional-locks", "status", "--porcelain=v1", "-uall"),
         "diff": sb.git(repo, "diff"),
         "stash": sb.git(repo, "stash", "list"),
         "worktree": "\n".join(

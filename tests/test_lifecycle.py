@@ -53,7 +53,7 @@ def nothing_left(sb: Sandbox, server: StdioServer, tag: str) -> bool:
 
 @pytest.fixture(params=BOTH_PROFILES)
 def sandbox(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
-    with running_sandbox(profile=request.param) as sb:
+    with running_sandbox(**request.param) as sb:
         yield sb
 
 

@@ -72,6 +72,21 @@ OTHER_KINDS: tuple[tuple[str, str, str, str], ...] = (
     ),
     (
         "RemoteCommandError",
+        "origin_needs_proxy",
+        "origin was unreachable, and an rc file sets a proxy that non-interactive shells "
+        "never get (it is below the interactive-only guard).",
+        "`git config --global http.proxy <that proxy>` on the login node, as the hint says.",
+    ),
+    (
+        "any, for pull and rebase",
+        "(details) checkout",
+        "When the op was cut short or failed: `as_before` (undone), `completed` (it had "
+        "finished), `undo_failed` or `unknown`, with `head`; `restore_commands` when it is not "
+        "as before or as after.",
+        "as_before: retry as the hint says; undo_failed: run restore_commands on the login node.",
+    ),
+    (
+        "RemoteCommandError",
         "conflict",
         "rebase hit conflicts; it was aborted in the same call and the repo is as before. "
         "`conflicted_files` and `restored` are in the error.",

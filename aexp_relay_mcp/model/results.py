@@ -32,6 +32,19 @@ class BranchState(_Frozen):
     behind: int | None = Field(description="Commits on upstream not on HEAD.")
 
 
+class InterruptedOp(_Frozen):
+    """An op the relay cut short when nobody was left to tell (its server stopped or was
+    killed): how its own undo left the checkout."""
+
+    request_id: str = Field(description="The call's id; the audit log has it too.")
+    op: str
+    checkout: str = Field(
+        description="as_before (undone), completed (it had finished) or undo_failed."
+    )
+    head: str | None = Field(description="HEAD after the undo.")
+    when: str | None = Field(description="When it was cut (UTC, the login node's clock).")
+
+
 class RepoStatus(OpResult, BranchState):
     head_subject: str | None = Field(description="Subject line of the HEAD commit.")
     clean: bool = Field(description="No staged, unstaged, untracked or conflicted files.")
@@ -44,6 +57,10 @@ class RepoStatus(OpResult, BranchState):
     untracked_count: int
     conflicted_count: int
     lists_truncated: bool = Field(description="True when a file list was capped; counts are exact.")
+    interrupted_ops: list[InterruptedOp] = Field(
+        description="Ops cut short while nobody was left to report to (a stopped or killed "
+        "server), with how each left the checkout. The next pull or rebase clears them."
+    )
 
 
 class RefUpdate(_Frozen):

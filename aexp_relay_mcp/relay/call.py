@@ -26,10 +26,6 @@ from ..ssh.runner import Execution
 from ..ssh.transport import RemoteRun, Transport
 from .audit import AuditLog
 
-# Waiting for a remote group to be gone after TERM (most exit at once; a slow login
-# shell adds its start-up time to the kill call itself).
-KILL_BUDGET_S = 1.5
-
 
 def new_request_id() -> str:
     return secrets.token_hex(6)
@@ -61,6 +57,9 @@ class Call:
         self.outcome: str | None = None
         self.cancelled_as: str | None = None  # cancelled or interrupted, judged on arrival
         self.remote: tuple[str, int] | None = None  # (host, process group) running now
+        # Seconds the remote command may take, after TERM, to undo what it started (an op
+        # whose script rolls itself back); 0 for ops that just end.
+        self.undo_s = 0.0
         self.trace: dict[str, Any] = {}
         self._began = False
         self._execution: Execution | None = None
@@ -162,13 +161,14 @@ class Call:
         """The remote command reported its exit: nothing of ours runs there any more."""
         self.remote = None
 
-    async def stop_remote(self, budget: float = KILL_BUDGET_S) -> bool:
-        """End the remote process group (TERM, poll, KILL); True once it is gone."""
+    async def stop_remote(self) -> bool:
+        """End the remote process group (TERM, poll, KILL); True once it is gone. A command
+        that undoes its changes on TERM is waited for until it has (``undo_s``)."""
         if self.remote is None:
             return True
         host, pgid = self.remote
         self.remote = None
-        return await self.transport.kill_remote(host, pgid, budget)
+        return await self.transport.kill_remote(host, pgid, undo_s=self.undo_s)
 
     def interrupt(self) -> None:
         """Shutdown: close the local side, dispatch the remote kill, audit ``interrupted``.
@@ -178,7 +178,7 @@ class Call:
         if self.remote is not None:
             host, pgid = self.remote
             self.remote = None
-            self.transport.kill_remote_detached(host, pgid)
+            self.transport.kill_remote_detached(host, pgid, undo_s=self.undo_s)
         self.finish("interrupted", "interrupted")
 
 

@@ -27,6 +27,7 @@ from ..model.text import tail
 from ..remote.ops import BuildContext, OpSpec, wandb_words
 from ..remote.output import ScriptOutput, UnparseableOutput, parse_script_output
 from ..remote.parsing import GitProgress
+from ..remote.rollback import UNDO_S, UndoReport, parse_report, probe_report
 from ..remote.script import Script, build_remote_command
 from ..ssh.runner import ProcessTimeout
 from ..ssh.transport import Transport
@@ -38,6 +39,8 @@ from .diagnose import (
     remote_failure,
     ssh_missing,
     transport_failure,
+    undo_details,
+    undo_sentence,
     unparseable,
     verbose_hint,
 )
@@ -45,6 +48,8 @@ from .diagnose import (
 ProgressFn = Callable[[float, str], None]
 
 MAX_TIMEOUT_S = 24 * 3600.0
+# The short call that reads what a cut op's undo reported.
+PROBE_S = 15.0
 
 
 class CallRunner:
@@ -148,6 +153,7 @@ class CallRunner:
             repo=call.repo or "",
             wandb_words=wandb_words(self.config.wandb),
             wandb_dir=self.config.wandb_dir,
+            request_id=call.request_id,
         )
 
     def repo_lock(self, call: Call) -> asyncio.Lock:
@@ -187,8 +193,16 @@ class CallRunner:
         """Run a script body over ssh for call; turn transport and remote failures into errors."""
         nonce = secrets.token_hex(8)
         left = max(0.1, call.deadline - self.clock())
+        # An op that undoes itself when cut gets the time to (remote TERM-to-KILL, our wait).
+        call.undo_s = UNDO_S if spec is not None and spec.undoes else 0.0
         command = build_remote_command(
-            body, call.repo or "~", nonce, timeout=left, grace=REMOTE_TIMEOUT_GRACE, enter=enter
+            body,
+            call.repo or "~",
+            nonce,
+            timeout=left,
+            grace=REMOTE_TIMEOUT_GRACE,
+            enter=enter,
+            undo_s=call.undo_s,
         )
         verbose_log = self._verbose_log_path(nonce)
         progress = GitProgress(on_progress) if on_progress else None
@@ -207,30 +221,101 @@ class CallRunner:
             # Judged now: by the time the remote group is gone the client may have left.
             call.cancelled_as = call.cancelled_as or self._cancel_outcome()
             with anyio.CancelScope(shield=True):
-                await call.stop_remote()
+                cut = await self._stop_and_report(call, None)
+                if cut is not None:  # no result goes back: the audit line says it
+                    call.trace.update(checkout=cut.state, head=cut.head)
             raise
         out = parse_script_output(run.result.stdout, run.result.stderr, nonce)
+        cut = None
         if out.exit_code is not None:
             call.command_ended()
         elif call.remote is not None:
             # It started but never reported back (the connection dropped): end it on the
             # login node through a new session.
             with anyio.CancelScope(shield=True):
-                await call.stop_remote()
+                cut = await self._stop_and_report(call, out)
+        host, repo = call.host or "", call.repo or ""
         if check:
-            error = remote_failure(out, run.result, spec.name if spec else None, verbose_log)
-            if error is not None:
-                raise error
+            error = remote_failure(
+                out, run.result, spec.name if spec else None, verbose_log, host, repo
+            )
         elif not out.started or out.exit_code is None:
-            raise transport_failure(out, run.result, verbose_log)
+            error = transport_failure(out, run.result, verbose_log, host)
+        else:
+            error = None
+        if error is not None:
+            if cut is not None:
+                error.message += " " + undo_sentence(cut, host, repo)
+                error.details.update(undo_details(cut, repo))
+            raise error
         return out
+
+    async def _stop_and_report(self, call: Call, partial: ScriptOutput | None) -> UndoReport | None:
+        """End the remote group; for an op that undoes itself, wait until it has, and read
+        its report. None for other ops."""
+        started = call.remote is not None
+        await call.stop_remote()
+        if not call.undo_s or not started:
+            return None
+        return await self._read_undo_report(call, partial)
+
+    async def _read_undo_report(self, call: Call, partial: ScriptOutput | None) -> UndoReport:
+        """The report the cut op's undo left in the repo (read and removed), or, without
+        one, where HEAD is: state ``unknown``. An undo that ran before the cut (the step
+        had failed) may have printed its report already."""
+        printed = partial.section("undo") if partial is not None else None
+        nonce = secrets.token_hex(8)
+        command = build_remote_command(
+            Script(probe_report(call.request_id)),
+            call.repo or "~",
+            nonce,
+            timeout=PROBE_S,
+            grace=REMOTE_TIMEOUT_GRACE,
+        )
+        out: ScriptOutput | None = None
+        try:
+            run = await self.transport.run(
+                call.host or "", command, deadline=self.clock() + PROBE_S
+            )
+            out = parse_script_output(run.result.stdout, run.result.stderr, nonce)
+        except Exception:  # a probe never replaces the error it explains
+            out = None
+        report = out.section("report") if out is not None else None
+        found = (
+            parse_report(report.stdout) if report is not None and report.exit_code == 0 else None
+        )
+        if found is None and printed is not None:
+            found = parse_report(printed.stdout)
+        if found is not None:
+            return found
+
+        def said(source: ScriptOutput | None, name: str) -> str | None:
+            section = source.section(name) if source is not None else None
+            text = section.stdout.strip() if section is not None else ""
+            return text or None
+
+        return UndoReport(
+            op=call.op,
+            request_id=call.request_id,
+            state="unknown",
+            head=said(out, "head"),
+            branch=said(out, "branch"),
+            old=said(partial, "old"),
+            target=said(partial, "target"),
+            why="the undo left no report",
+        )
 
     async def _timed_out(
         self, call: Call, exc: ProcessTimeout, nonce: str, verbose_log: Path | None
     ) -> RelayTimeoutError:
         started_remotely = call.remote is not None
-        gone = await call.stop_remote()
         partial = parse_script_output(exc.result.stdout, exc.result.stderr, nonce)
+        gone = await call.stop_remote()
+        cut = (
+            await self._read_undo_report(call, partial)
+            if call.undo_s and started_remotely
+            else None
+        )
         if not started_remotely:
             where = (
                 "ssh had not got the command running yet (stuck connecting, in a "
@@ -245,11 +330,30 @@ class CallRunner:
                 f"{REMOTE_TIMEOUT_GRACE:g} s after this timeout."
             )
         limit = call.deadline - call.started
+        host, repo = call.host or "", call.repo or ""
+        message = f"The call did not finish within {limit:g}s on {host}. {where}"
+        hint = (
+            "Retry with a larger {arg:timeout} if the op is slow (big fetch, slow filesystem, "
+            "slow hooks or filters); run {op:status} to check the connection."
+        )
+        details: dict[str, Any] = {}
+        if cut is not None:
+            message += " " + undo_sentence(cut, host, repo)
+            details = undo_details(cut, repo)
+            if cut.state == "as_before":
+                hint = "Nothing changed. " + hint
+            elif cut.state == "completed":
+                hint = f"The {cut.op} had finished; {{op:repo_status}} shows the checkout."
+            else:
+                hint = (
+                    f"Run restore_commands on {host} (a person, in a terminal), then "
+                    "{op:repo_status}."
+                )
         return RelayTimeoutError(
-            f"The call did not finish within {limit:g}s on {call.host}. {where}",
-            hint="Retry with a larger {arg:timeout} if the op is slow (big fetch, slow "
-            "filesystem); run {op:status} to check the connection." + verbose_hint(verbose_log),
+            message,
+            hint=hint + verbose_hint(verbose_log),
             stderr_tail=tail(partial.stderr + log_tail(verbose_log)),
+            details=details,
         )  # fail() adds timeout_s, as for every timeout
 
     def _verbose_log_path(self, nonce: str) -> Path | None:

@@ -21,10 +21,20 @@ from ..model.errors import (
     RemoteCommandError,
 )
 from ..model.text import clean_text, tail
-from ..remote.failures import classify_git_failure, classify_guard_failure
+from ..remote.failures import classify_git_failure, classify_guard_failure, proxy_failure
 from ..remote.output import ScriptOutput
+from ..remote.quoting import quote_repo
+from ..remote.rollback import UndoReport, parse_report, restore_commands
 from ..ssh.failures import classify_ssh_failure
 from ..ssh.runner import ProcessResult
+
+
+def fill(hint: str, host: str, repo: str) -> str:
+    """A hint that names the call's own host and repo (quoted for a shell), not a
+    placeholder."""
+    return hint.replace("{host}", host or "the login node").replace(
+        "{repo}", quote_repo(repo) if repo else "<repo>"
+    )
 
 
 def ssh_missing(ssh_bin: str) -> RelayDownError:
@@ -36,7 +46,7 @@ def ssh_missing(ssh_bin: str) -> RelayDownError:
 
 
 def transport_failure(
-    out: ScriptOutput, proc: ProcessResult, verbose_log: Path | None
+    out: ScriptOutput, proc: ProcessResult, verbose_log: Path | None, host: str = ""
 ) -> RelayError:
     """The command never reported its exit: ssh failed, or it was stopped on the host."""
     # Before the start marker, all of stderr is ssh's (and maybe the login shell's);
@@ -47,7 +57,7 @@ def transport_failure(
         return RelayDownError(
             f.message,
             kind=f.kind,
-            hint=f.hint + verbose_hint(verbose_log),
+            hint=fill(f.hint, host, "") + verbose_hint(verbose_log),
             exit_code=proc.exit_code,
             stderr_tail=tail(stderr),
         )
@@ -62,11 +72,16 @@ def transport_failure(
 
 
 def remote_failure(
-    out: ScriptOutput, proc: ProcessResult, op: str | None, verbose_log: Path | None
+    out: ScriptOutput,
+    proc: ProcessResult,
+    op: str | None,
+    verbose_log: Path | None,
+    host: str = "",
+    repo: str = "",
 ) -> RelayError | None:
     """None when the script reported success; else the error, transport or remote."""
     if not out.started or out.exit_code is None:
-        return transport_failure(out, proc, verbose_log)
+        return transport_failure(out, proc, verbose_log, host)
     if out.exit_code == 0:
         return None
     code = out.exit_code
@@ -78,17 +93,54 @@ def remote_failure(
         failure: Failure = classify_guard_failure(out.kind, guard.stderr if guard else "")
     else:
         failure = classify_git_failure(said, code)
+    proxy = out.section("proxy")
+    if failure.kind == "origin_unreachable" and proxy is not None:
+        failure = proxy_failure(proxy.stdout) or failure
     details: dict[str, Any] = {}
-    if op == "rebase" and out.section("abort") is not None:
-        failure, details = rebase_conflict(out)
+    conflicts = out.section("conflicts")
+    if op == "rebase" and conflicts is not None:
+        files = [clean_text(f) for f in conflicts.stdout.split("\0") if f]
+        details["conflicted_files"] = files
+        if files:
+            failure = Failure(
+                "conflict",
+                "Rebasing onto upstream hit conflicts, and the rebase was aborted in the same "
+                "call.",
+                "Resolve by hand on {host} (or ask the user how to proceed); nothing was "
+                "pushed. {op:repo_status} shows the state.",
+            )
+    message = failure.message
+    undo = out.section("undo")
+    report = parse_report(undo.stdout) if undo is not None else None
+    if report is not None:
+        message = f"{message} {undo_sentence(report, host, repo)}"
+        details.update(undo_details(report, repo))
     return RemoteCommandError(
-        failure.message,
+        message,
         kind=failure.kind,
-        hint=failure.hint,
+        hint=fill(failure.hint, host, repo),
         exit_code=code,
         stderr_tail=tail(said),
         details=details,
     )
+
+
+def undo_sentence(report: UndoReport, host: str, repo: str) -> str:
+    """What the checkout is now, in words: as before, as after, or what restores it."""
+    sentence = f"After it, {report.words}."
+    if report.state in ("undo_failed", "unknown"):
+        commands = "; ".join(c for c in restore_commands(report, repo) if not c.startswith("#"))
+        sentence += f" To restore it on {host or 'the login node'}: {commands}"
+    return sentence
+
+
+def undo_details(report: UndoReport, repo: str) -> dict[str, Any]:
+    details: dict[str, Any] = {"checkout": report.state, "head": report.head}
+    if report.op == "rebase":
+        details["restored"] = report.state == "as_before"
+    if report.state in ("undo_failed", "unknown"):
+        details["restore_commands"] = restore_commands(report, repo)
+    return details
 
 
 def unparseable(out: ScriptOutput, detail: str) -> RemoteCommandError:
@@ -102,31 +154,6 @@ def unparseable(out: ScriptOutput, detail: str) -> RemoteCommandError:
         exit_code=out.exit_code,
         stderr_tail=tail(out.shell_stdout + out.stdout + "\n" + out.stderr),
     )
-
-
-def rebase_conflict(out: ScriptOutput) -> tuple[Failure, dict[str, Any]]:
-    conflicts_sec = out.section("conflicts")
-    files = [f for f in (conflicts_sec.stdout if conflicts_sec else "").split("\0") if f]
-    old_sec = out.section("old")
-    old = old_sec.stdout.strip() if old_sec else ""
-    restored_sec = out.section("restored")
-    restored = (restored_sec.stdout.strip() if restored_sec else "") == old and bool(old)
-    if not files:
-        # A stopped rebase without conflicted files (e.g. untracked files in the way).
-        failure = classify_git_failure(out.stderr, out.exit_code or 1)
-    else:
-        failure = Failure(
-            "conflict",
-            "Rebasing onto upstream hit conflicts; the rebase was aborted in the same call "
-            + ("and the repo is exactly as before." if restored else "BUT HEAD moved!"),
-            "Resolve by hand on the login node (or ask the user how to proceed); nothing was "
-            "pushed. {op:repo_status} shows the state.",
-        )
-    return failure, {
-        "conflicted_files": [clean_text(f) for f in files],
-        "restored": restored,
-        "head": old or None,
-    }
 
 
 def outcome_of(exc: RelayError) -> str:

@@ -43,6 +43,7 @@ from .parsing import (
     parse_wandb_runs,
 )
 from .quoting import Raw, Word, quote_repo, render_words
+from .rollback import REPORT_DIR, arm, parse_reports
 from .script import Script, enter_repo, guard, step
 
 MAX_NAME_LEN = 200
@@ -149,6 +150,7 @@ class BuildContext:
     repo: str
     wandb_words: tuple[str, ...]
     wandb_dir: str = DEFAULT_WANDB_DIR
+    request_id: str = "0" * 12  # names the report of a cut op (rollback.py)
 
 
 Parser = Callable[[ScriptOutput, Any], dict[str, Any]]
@@ -166,17 +168,81 @@ class OpSpec:
     build: Callable[[Any, BuildContext], Script]
     parse: Parser
     result_model: type[OpResult]
+    undoes: bool = False  # its script undoes what it started when cut short (rollback.py)
 
 
 # --------------------------------------------------------------------------- script pieces
 
-GIT = ("git", "--no-optional-locks")
-STATUS = (*GIT, "status", "--porcelain=v2", "--branch", "-z")
-HEAD_LINE = (*GIT, "log", "-1", "--format=%H%x09%s")
+# No setting on the login node (~/.gitconfig, the repo's, the system's) may change a value
+# a tool reports: every git the relay reads from runs with these, and each command below
+# spells out what its config could change (untracked files, renames, ahead/behind,
+# signatures). Hooks and credential helpers are followed on purpose (docs/airgapped.md).
+GIT = (
+    "git",
+    "--no-pager",
+    "-c",
+    "color.ui=never",
+    "-c",
+    "core.quotePath=false",
+    "-c",
+    "log.showSignature=false",
+    "-c",
+    "i18n.logOutputEncoding=UTF-8",
+)
+STATUS = (
+    *GIT,
+    "--no-optional-locks",
+    "status",
+    "--porcelain=v2",
+    "--branch",
+    "-z",
+    "--untracked-files=normal",
+    "--ignore-submodules=none",
+    "--ahead-behind",
+    "--find-renames",
+)
+HEAD_LINE = (*GIT, "--no-optional-locks", "log", "-1", "--no-show-signature", "--format=%H%x09%s")
 REV_HEAD = ("git", "rev-parse", "-q", "--verify", "HEAD")
-LOG_RANGE = ("git", "log", f"--max-count={100}", "--format=%H%x09%s", Raw('"$o..HEAD"'))
+LOG_RANGE = (
+    *GIT,
+    "log",
+    f"--max-count={100}",
+    "--no-show-signature",
+    "--format=%H%x09%s",
+    Raw('"$o..HEAD"'),
+)
 COUNT_RANGE = ("git", "rev-list", "--count", Raw('"$o..HEAD"'))
 REFS = ("git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/remotes")
+# What the pull, rebase and push defaults in a config could change: autostash, rebasing
+# merges or other branches' refs, squashing, pushing tags or submodules, diffstats.
+# (-c for keys an old git does not know yet: it ignores them; a flag would fail.)
+FETCH = (*GIT, "fetch", "--progress")
+FAST_FORWARD = (
+    *GIT,
+    "-c",
+    "merge.autoStash=false",
+    "merge",
+    "--ff-only",
+    "--no-stat",
+    "--no-edit",
+    "--progress",
+    Raw('"$t"'),
+)
+REBASE = (
+    *GIT,
+    "-c",
+    "rebase.autoStash=false",
+    "-c",
+    "rebase.updateRefs=false",
+    "-c",
+    "rebase.autoSquash=false",
+    "rebase",
+    "--fork-point",
+    "--no-autostash",
+    "--no-rebase-merges",
+    "@{upstream}",
+)
+PUSH = (*GIT, "-c", "push.followTags=false", "-c", "push.recurseSubmodules=no", "push")
 GIT_PRESENT = "command -v git >/dev/null 2>&1 || f git_missing"
 # git must accept the checkout before any other guard runs: a guard that fails silently
 # in a repo git refuses (dubious ownership) would otherwise be read as its own kind.
@@ -188,6 +254,41 @@ NO_OP_IN_PROGRESS = (
     '[ ! -e "$(git rev-parse --git-path "$_p")" ] || f operation_in_progress; done'
 )
 SAVE_HEAD = "o=$(git rev-parse -q --verify HEAD </dev/null)"
+# git talks to origin over ssh without ever prompting; a core.sshCommand of the user's
+# (a key for GitHub) is kept, as git itself would.
+NO_SSH_PROMPT = (
+    "git config --get core.sshCommand >/dev/null 2>&1 || "
+    "export GIT_SSH_COMMAND='ssh -o BatchMode=yes'"
+)
+ON_A_BRANCH = "b=$(git symbolic-ref -q HEAD </dev/null) || f detached_head"
+UPSTREAM = (
+    f"{guard('no_upstream', 'git', 'rev-parse', '--verify', '@{upstream}^{commit}')}; "
+    "t=$(git rev-parse -q --verify '@{upstream}^{commit}' </dev/null); "
+    'b target; printf %s "$t"; e target 0'
+)
+# When origin cannot be reached: does this (non-interactive) session have a proxy, does
+# git, and does an rc file set one anyway (then it is set for interactive shells only)?
+_PROXY_EVIDENCE = (
+    "env | grep -i -E '^(https?|all)_proxy=.' | sed 's/=.*//; s/^/env /'; "
+    'for f in "$HOME/.bashrc" "$HOME/.bash_profile" "$HOME/.bash_login" "$HOME/.profile" '
+    '"$HOME/.zshrc" "$HOME/.zshenv" "$HOME/.zprofile" "$HOME/.cshrc" "$HOME/.tcshrc" '
+    "/etc/profile /etc/bash.bashrc /etc/profile.d/*.sh; do "
+    '[ -r "$f" ] || continue; '
+    "_l=$(grep -i -m1 -E '^[^#]*(https?|all)_proxy[ =]' \"$f\" 2>/dev/null) && "
+    'printf \'rc %s\\t%s\\n\' "$f" "$_l"; done; '
+    "git config --get http.proxy >/dev/null 2>&1 && echo 'git http.proxy'; exit 0"
+)
+
+
+def _network(text: str) -> str:
+    """A step that talks to origin; when it fails, the proxy evidence is recorded."""
+    evidence = step("proxy", "sh", "-c", _PROXY_EVIDENCE)
+    return f"{{ {text} || {{ _nr=$?; {evidence}; (exit $_nr); }}; }}"
+
+
+# A new pull or rebase supersedes what earlier cut ones reported (repo_status lists them
+# until then).
+OLD_REPORTS = f'rm -f "$(git rev-parse --git-path {REPORT_DIR})"/cut-* 2>/dev/null'
 
 
 def _seq(*parts: str) -> Script:
@@ -215,14 +316,21 @@ def _build_repo_status(args: NoArgs, ctx: BuildContext) -> Script:
     # The two git processes run side by side (status in the background, the HEAD subject in
     # a command substitution): on a multi-core login node that halves the op's remote time.
     # The status step's begin marker is printed before it starts, its end after `wait`.
+    # Reports of ops cut short with nobody left to tell (rollback.py) are read with shell
+    # builtins only; where they are is asked beside the HEAD subject.
+    where = f"git rev-parse --git-path {REPORT_DIR}"
     return _seq(
         GIT_PRESENT,
         "b status",
         f"{render_words(STATUS)} </dev/null & _sp=$!",
         f"_h=$({render_words(HEAD_LINE)} </dev/null 2>/dev/null); _hr=$?",
+        f"_rd=$({where} </dev/null 2>/dev/null)",
         "wait $_sp; _sr=$?",
         "e status $_sr",
-        'if [ $_sr -eq 0 ]; then b head; printf "%s" "$_h"; e head $_hr; fi',
+        'if [ $_sr -eq 0 ]; then b head; printf "%s" "$_h"; e head $_hr; '
+        'b cuts; for _f in "$_rd"/cut-*; do [ -f "$_f" ] || continue; '
+        "while IFS= read -r _l; do printf '%s\\n' \"$_l\"; done < \"$_f\"; printf '\\n'; done; "
+        "e cuts 0; fi",
         "(exit $_sr)",
     )
 
@@ -251,6 +359,7 @@ def _parse_repo_status(out: ScriptOutput, args: NoArgs) -> dict[str, Any]:
         "untracked_count": untracked,
         "conflicted_count": conflicted,
         "lists_truncated": parsed.truncated,
+        "interrupted_ops": parse_reports(_stdout(out, "cuts")),
     }
 
 
@@ -262,7 +371,8 @@ def _build_fetch(args: FetchArgs, ctx: BuildContext) -> Script:
     parts = [GIT_PRESENT, REPO_ACCEPTED]
     if args.remote is not None:
         parts.append(_remote_exists(args.remote))
-    fetch = step("fetch", "git", "fetch", "--prune", "--progress", *target)
+    parts.append(NO_SSH_PROMPT)
+    fetch = _network(step("fetch", *FETCH, "--prune", *target))
     parts.append(
         f"{step('before', *REFS)} && {fetch} && {step('after', *REFS)} && {step('status', *STATUS)}"
     )
@@ -312,39 +422,69 @@ def _after_history() -> str:
     )
 
 
-def _build_pull(args: NoArgs, ctx: BuildContext) -> Script:
-    pull = step("pull", "git", "pull", "--ff-only", "--no-rebase", "--no-autostash", "--progress")
+def _mutating(op: str, ctx: BuildContext, checks: list[str], apply: str, failed: str) -> Script:
+    """pull and rebase: save HEAD and the branch, arm the undo (rollback.py), fetch, check
+    that the step can be undone exactly, then the step itself. A step that fails is undone
+    in the same call (``failed`` runs first, e.g. to record conflicts)."""
     return _seq(
         GIT_PRESENT,
         REPO_ACCEPTED,
         NO_OP_IN_PROGRESS,
+        ON_A_BRANCH,
         SAVE_HEAD,
-        f"{step('old', *REV_HEAD)}; {pull} && {_after_history()}",
+        NO_SSH_PROMPT,
+        OLD_REPORTS,
+        arm(op, ctx.request_id),
+        step("old", *REV_HEAD),
+        f"if {_network(step('fetch', *FETCH))}; then "
+        + "; ".join(
+            [
+                UPSTREAM,
+                *checks,
+                f"_ph=apply; {apply}",
+                "_ar=$?",  # not _r: the step helper s sets that
+                f"if [ $_ar -ne 0 ]; then {failed}_undo; _report; (exit $_ar); "
+                f"else _ph=done; {_after_history()}; fi",
+            ]
+        )
+        + "; else _ar=$?; _undo; _report; (exit $_ar); fi",
+    )
+
+
+def _build_pull(args: NoArgs, ctx: BuildContext) -> Script:
+    # pull's own two steps, apart, so the undo knows which has run. Only a true
+    # fast-forward is checked first: every file it writes must be clean and every file it
+    # adds absent, as git requires, so that putting them back is exact.
+    true_ff = '[ -n "$o" ] && [ "$t" != "$o" ] && git merge-base --is-ancestor "$o" "$t"'
+    return _mutating(
+        "pull",
+        ctx,
+        [f"if {true_ff}; then _same || f dirty_worktree; fi"],
+        step("merge", *FAST_FORWARD),
+        "",
     )
 
 
 def _build_rebase(args: NoArgs, ctx: BuildContext) -> Script:
-    pull = step("pull", "git", "pull", "--rebase", "--no-autostash", "--progress")
-    # On failure mid-rebase: record the conflicted files, abort in the same call,
-    # and record HEAD after, so the caller can prove the repo is as it was.
-    recover = (
-        f"{step('conflicts', 'git', 'diff', '--name-only', '--diff-filter=U', '-z')}; "
-        f"{step('abort', 'git', 'rebase', '--abort')}; "
-        f"{step('restored', *REV_HEAD)}"
+    # onto the upstream from the fork point, as git pull --rebase. The tree must be clean
+    # (git's own rule) and no file the upstream adds may be in the way; commits are
+    # written only when there are local ones to replay, and then need an identity.
+    replays = (
+        'if [ -n "$o" ] && ! git merge-base --is-ancestor "$o" "$t" && '
+        '! git merge-base --is-ancestor "$t" "$o"; then '
+        "git var GIT_COMMITTER_IDENT >/dev/null 2>&1 || f git_identity_missing; fi"
     )
-    in_rebase = (
-        '[ -e "$(git rev-parse --git-path rebase-merge)" ] || '
-        '[ -e "$(git rev-parse --git-path rebase-apply)" ]'
-    )
-    return _seq(
-        GIT_PRESENT,
-        REPO_ACCEPTED,
-        NO_OP_IN_PROGRESS,
-        SAVE_HEAD,
-        f"{step('old', *REV_HEAD)}; {pull}",
-        "_p=$?",
-        f"if [ $_p -ne 0 ]; then if {in_rebase}; then {recover}; fi; (exit $_p); "
-        f"else {_after_history()}; fi",
+    conflicts = step("conflicts", *GIT, "diff", "--name-only", "--diff-filter=U", "-z")
+    return _mutating(
+        "rebase",
+        ctx,
+        [
+            "_clean || f dirty_worktree",
+            '[ -z "$o" ] || _P A | _absent || f untracked_in_the_way',
+            replays,
+        ],
+        step("rebase", *REBASE),
+        f"if _inrb; then {conflicts}; fi; ",
     )
 
 
@@ -358,19 +498,13 @@ def _push_refspec(branch: str) -> str:
 
 
 def _build_push(args: PushArgs, ctx: BuildContext) -> Script:
+    refspec = _push_refspec(args.branch)
     return _seq(
         GIT_PRESENT,
         REPO_ACCEPTED,
         _remote_exists(args.remote),
-        step(
-            "push",
-            "git",
-            "push",
-            "--porcelain",
-            "--progress",
-            args.remote,
-            _push_refspec(args.branch),
-        ),
+        NO_SSH_PROMPT,
+        _network(step("push", *PUSH, "--porcelain", "--progress", args.remote, refspec)),
     )
 
 
@@ -541,39 +675,52 @@ OPS: dict[str, OpSpec] = {
         OpSpec(
             name="pull",
             summary="Fast-forward the current branch to its upstream. Never merges or rebases; "
-            "fails with kind 'diverged' when both sides have new commits.",
+            "fails with kind 'diverged' when both sides have new commits. Cut short (timeout, "
+            "cancel) or failed, it puts back what it wrote; the error's `checkout` says "
+            "whether the checkout is as before or as after, with `head`.",
             args_model=NoArgs,
             mutating=True,
             consent=False,
             default_timeout=DEFAULT_OP_TIMEOUT,
             commands=(
-                "git rev-parse --git-dir",
-                "git pull --ff-only --no-rebase --no-autostash --progress",
+                "git rev-parse --git-dir; git symbolic-ref -q HEAD (on a branch)",
+                "git fetch --progress",
+                "git rev-parse @{upstream}",
+                "on a fast-forward: git diff-tree/diff-index (the files it writes are clean)",
+                "git merge --ff-only --no-stat --no-edit --progress <upstream>",
+                "cut short or failed: the files it wrote are put back (checkout <old> -- ...)",
                 "git log --format=%H%x09%s <old>..HEAD",
-                "git --no-optional-locks status --porcelain=v2 --branch -z",
+                "git --no-optional-locks status --porcelain=v2 --branch -z ...",
             ),
             build=_build_pull,
             parse=_history,
             result_model=PullResult,
+            undoes=True,
         ),
         OpSpec(
             name="rebase",
-            summary="Rebase local commits onto the upstream (git pull --rebase). On conflict "
-            "the rebase is aborted in the same call and the repo is left exactly as before.",
+            summary="Rebase local commits onto the upstream (git pull --rebase). On conflict, "
+            "or when cut short (timeout, cancel), the rebase is aborted in the same call; the "
+            "error's `checkout` says whether the repo is exactly as before, with `head`.",
             args_model=NoArgs,
             mutating=True,
             consent=False,
             default_timeout=DEFAULT_OP_TIMEOUT,
             commands=(
-                "git rev-parse --git-dir",
-                "git pull --rebase --no-autostash --progress",
-                "on conflict: git diff --name-only --diff-filter=U -z; git rebase --abort",
+                "git rev-parse --git-dir; git symbolic-ref -q HEAD (on a branch)",
+                "git fetch --progress",
+                "git rev-parse @{upstream}; git diff-index (the tree is clean)",
+                "git var GIT_COMMITTER_IDENT (when local commits are replayed)",
+                "git rebase --fork-point --no-autostash --no-rebase-merges @{upstream}",
+                "on conflict: git diff --name-only --diff-filter=U -z",
+                "cut short or failed: git rebase --abort (hooks off)",
                 "git log --format=%H%x09%s <old>..HEAD",
-                "git --no-optional-locks status --porcelain=v2 --branch -z",
+                "git --no-optional-locks status --porcelain=v2 --branch -z ...",
             ),
             build=_build_rebase,
             parse=_history,
             result_model=RebaseResult,
+            undoes=True,
         ),
         OpSpec(
             name="push",

@@ -182,9 +182,14 @@ _PUSH_FLAGS = {" ": "ok", "+": "forced", "-": "deleted", "*": "new", "=": "up_to
 
 
 def parse_push_porcelain(text: str) -> list[PushedRef]:
-    """Lines ``<flag>\\t<from>:<to>\\t<summary>`` from ``git push --porcelain``."""
+    """Lines ``<flag>\\t<from>:<to>\\t<summary>`` from ``git push --porcelain``, read only
+    after its ``To <url>`` line: a pre-push hook's stdout comes before it, and is not git's."""
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("To ")]
     refs = []
-    for line in text.splitlines():
+    for line in lines[starts[-1] + 1 :] if starts else []:
+        if line == "Done":
+            break
         if len(line) < 2 or line[1] != "\t":
             continue
         flag, _, rest = line[0], "", line[2:]

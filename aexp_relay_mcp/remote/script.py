@@ -119,16 +119,25 @@ def start_marker_command(nonce: str) -> str:
 
 
 def build_remote_command(
-    body: Script, repo: str, nonce: str, *, timeout: float, grace: float, enter: bool = True
+    body: Script,
+    repo: str,
+    nonce: str,
+    *,
+    timeout: float,
+    grace: float,
+    enter: bool = True,
+    undo_s: float = 0.0,
 ) -> str:
     """The string handed to ssh: bounded on the login node by coreutils ``timeout``.
 
     ``timeout`` makes itself a process-group leader whose id is the ``$$`` reported in
-    the start marker, so a later kill of that group ends everything the op started.
+    the start marker, so a later kill of that group ends everything the op started. Its
+    TERM comes ``grace`` after our own timeout; KILL ``grace`` later, plus ``undo_s`` for
+    an op that undoes what it started when it gets TERM.
     """
     script = quote(build_script(body, repo, nonce, enter=enter))
     limit = max(1, int(timeout + grace + 0.999))
-    kill_after = max(1, int(grace + 0.999))
+    kill_after = max(1, int(grace + undo_s + 0.999))
     return (
         f"{start_marker_command(nonce)}; "
         f"if command -v timeout >/dev/null 2>&1; "

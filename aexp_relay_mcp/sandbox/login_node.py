@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -17,6 +18,14 @@ from .account import MFA_PASSWORD, Account, LoginUser, current_user, login_user,
 from .repos import Repos
 from .sshd import SandboxError, SshServer, free_port, sshd_available
 from .wandb_stub import install_wandb, make_runs
+
+# A power user's settings in the checkout's own config (the rest are in ~/.gitconfig).
+POWER_REPO_CONFIG = (
+    ("status.showUntrackedFiles", "no"),
+    ("push.followTags", "true"),
+    ("rebase.autoStash", "true"),
+    ("log.showSignature", "true"),
+)
 
 HOST_ALIAS = "aexp-sandbox"
 # Test aliases: one whose ProxyCommand hangs, one with a wrong known host key,
@@ -57,6 +66,7 @@ class Sandbox:
         runs: int = 3,
         standin: bool = False,
         profile: str = "clean",
+        gitconfig: str = "plain",
         bastion: bool = False,
         mfa: bool = False,
     ) -> None:
@@ -77,6 +87,7 @@ class Sandbox:
         self.user: LoginUser = current_user() if standin else login_user()
         self.account = Account(self.user, self.root / "home")
         self.account.profile = profile
+        self.account.gitconfig = gitconfig
         self.repos = Repos(self.remote_dir, self.user)
         self.remote_path = f"{self.bin_dir}:/usr/local/bin:/usr/bin:/bin"
         keys = self.ssh_dir
@@ -127,6 +138,8 @@ class Sandbox:
         self._keys()
         self.account.create()
         self._make_remote()
+        if self.account.gitconfig == "power":
+            self.set_gitconfig("power")
         if self.mfa is not None:
             set_password(self.user, MFA_PASSWORD)
         self.start_sshd()
@@ -162,7 +175,11 @@ class Sandbox:
 
     def start_sshd(self) -> None:
         for server in self._servers():
-            server.env = {"HOME": str(self.account.home), "PATH": self.remote_path}
+            server.env = {
+                "HOME": str(self.account.home),
+                "PATH": self.remote_path,
+                "GIT_CONFIG_SYSTEM": str(self.account.system_gitconfig),
+            }
             if not server.running:
                 server.start()
         self._write_client_config()
@@ -185,6 +202,90 @@ class Sandbox:
     @property
     def profile(self) -> str:
         return self.account.profile
+
+    def set_gitconfig(self, kind: str) -> None:
+        """The account's and the system's git configuration (plain or power), and, for a
+        power user, the checkout's own config too; takes effect at once."""
+        self.account.set_gitconfig(kind)
+        power = kind == "power"
+        for key, value in POWER_REPO_CONFIG:
+            if power:
+                self.git(self.cluster, "config", key, value)
+            else:
+                self.git(self.cluster, "config", "--unset-all", key, check=False)
+
+    @property
+    def hooks_dir(self) -> Path:
+        """Where the cluster checkout's hooks run from (core.hooksPath of a power user)."""
+        if self.account.gitconfig == "power":
+            return self.account.hooks
+        return self.cluster / ".git" / "hooks"
+
+    def slow_hook(self, name: str, seconds: float, tag: str) -> None:
+        """A hook of the checkout that takes a while (as git-lfs's do on a big checkout);
+        ``tag`` names its sleep, so a test can see it run."""
+        hook = self.hooks_dir / name
+        self.write(
+            hook, f"#!/bin/sh\n[ -t 0 ] || cat >/dev/null\nexec sh -c 'sleep {seconds}' {tag}\n"
+        )
+        hook.chmod(0o755)
+
+    def slow_filter(self, pattern: str, seconds: float) -> None:
+        """Files matching pattern pass a smudge filter that takes a while to check out (as
+        git-lfs's does, or a slow shared filesystem)."""
+        info = self.cluster / ".git" / "info"
+        info.mkdir(exist_ok=True)
+        self.write(info / "attributes", f"{pattern} filter=slow\n")
+        self.git(self.cluster, "config", "filter.slow.smudge", f"sleep {seconds}; cat")
+        self.git(self.cluster, "config", "filter.slow.clean", "cat")
+        self.git(self.cluster, "config", "filter.slow.required", "true")  # as git-lfs sets
+
+    @contextlib.contextmanager
+    def small_filesystem(self, size_kb: int = 1024) -> Iterator[Path]:
+        """A tmpfs of size_kb for the login user, as a small home quota is (root only):
+        a clone there fills up for real."""
+        where = self.remote_dir / "small"
+        where.mkdir()
+        options = f"size={size_kb}k,mode=0755,uid={self.user.uid},gid={self.user.gid}"
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True
+        )
+        if mounted.returncode != 0:
+            raise SandboxError(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
+        try:
+            yield where
+        finally:
+            subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+    def fill(self, where: Path, leave_kb: int) -> None:
+        """Fill the filesystem at where until only about leave_kb is free."""
+        stat = os.statvfs(where)
+        free = stat.f_bavail * stat.f_frsize
+        self.write(where / "filler.bin", "x" * max(0, free - leave_kb * 1024))
+
+    def forget_identity(self) -> None:
+        """An account with no git identity: none in the checkout, and the login node's git
+        told not to guess one from the host name (user.useConfigOnly)."""
+        for key in ("user.name", "user.email"):
+            self.git(self.cluster, "config", "--unset-all", key, check=False)
+        system = self.account.system_gitconfig
+        system.write_text(system.read_text() + "[user]\n    useConfigOnly = true\n")
+
+    def lock_objects(self) -> None:
+        """A checkout shared with a group: its objects belong to another member (root here)
+        and are not writable for the login user."""
+        if os.geteuid() != 0 or self.user.uid == 0:
+            raise SandboxError("another member's objects need root and a separate login user")
+        for dirpath, _, filenames in os.walk(self.cluster / ".git" / "objects"):
+            os.chown(dirpath, 0, 0)
+            os.chmod(dirpath, 0o755)
+            for name in filenames:
+                os.chown(os.path.join(dirpath, name), 0, 0)
+
+    def undo_reports(self) -> dict[str, str]:
+        """Reports the undo of cut ops left in the checkout: request id -> text."""
+        where = self.cluster / ".git" / "aexp-relay"
+        return {p.name.removeprefix("cut-"): p.read_text() for p in sorted(where.glob("cut-*"))}
 
     def kill_sessions(self) -> int:
         return self.server.kill_sessions()

@@ -22,6 +22,8 @@ class Repos:
 
     def create(self) -> None:
         self.git(self.remote_dir, "init", "-q", "--bare", "-b", "main", str(self.origin))
+        # "GitHub" runs its own hooks, whatever core.hooksPath the login user has.
+        self.git(self.origin, "config", "core.hooksPath", str(self.origin / "hooks"))
         seed = self.remote_dir / "seed"
         self.git(self.remote_dir, "init", "-q", "-b", "main", str(seed))
         self.write(seed / "README.md", "# experiment\n")

@@ -10,13 +10,14 @@ SSH_FAILURES: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
         ("REMOTE HOST IDENTIFICATION HAS CHANGED",),
         "The host's key differs from the one in known_hosts; ssh refused to connect.",
         "This can be an attack, and the relay never bypasses host key checks. Verify the new "
-        "key with your cluster's admins, then remove the old one (ssh-keygen -R <host>).",
+        "key with your cluster's admins, then remove the old one (`ssh-keygen -R` with the "
+        "host's name, as ssh printed it).",
     ),
     (
         "host_key_unknown",
         ("Host key verification failed", "host key is known", "No ED25519 host key"),
         "The host's key is not in known_hosts, and the relay does not accept new keys.",
-        "Run `ssh <host>` once in a terminal, check the fingerprint, and accept it.",
+        "Run `ssh {host}` once in a terminal, check the fingerprint, and accept it.",
     ),
     (
         "unresolvable_host",

@@ -358,7 +358,7 @@ class ConnectionManager:
         raise RelayDownError(
             f"{failure.message} (while opening the shared connection to {host})",
             kind=failure.kind,
-            hint=f"{failure.hint} {CONNECT_HINT.format(host=host)}",
+            hint=f"{failure.hint.replace('{host}', host)} {CONNECT_HINT.format(host=host)}",
             exit_code=code,
             stderr_tail=tail(text),
             details={"master_log": str(log)},

@@ -9,10 +9,16 @@ from __future__ import annotations
 KILL_DONE = "aexp-kill:"
 
 
-def build_kill_command(pgid: int, *, poll_s: float = 0.05, polls: int = 40) -> str:
+# How long the group gets between TERM and KILL, by default: most exit at once.
+TERM_GRACE_S = 2.0
+_FAST_POLLS = 40  # the first two seconds, every 50 ms; then every 250 ms
+
+
+def build_kill_command(pgid: int, *, term_grace_s: float = TERM_GRACE_S) -> str:
     """End a remote process group: TERM, then poll until it is gone, and KILL only if it
-    outlives ``poll_s * polls`` seconds. Prints ``aexp-kill: gone`` or ``aexp-kill:
-    killed`` last. Not an op: the pid is an integer the start marker reported.
+    outlives ``term_grace_s`` (an op that undoes its own changes on TERM is given longer).
+    Prints ``aexp-kill: gone`` or ``aexp-kill: killed`` last. Not an op: the pid is an
+    integer the start marker reported.
 
     "Gone" means ``kill -0`` fails, or every process left in the group is a zombie (an
     orphan whose reaper is slow, as in some containers): ``ps`` is asked only then.
@@ -20,6 +26,8 @@ def build_kill_command(pgid: int, *, poll_s: float = 0.05, polls: int = 40) -> s
     if int(pgid) <= 1:
         raise ValueError("refusing to signal process group <= 1")
     p = f"-{int(pgid)}"
+    fast = min(_FAST_POLLS, max(1, round(term_grace_s / 0.05)))
+    polls = fast + max(0, round((term_grace_s - fast * 0.05) / 0.25))
     gone = f"{{ echo '{KILL_DONE} gone'; exit 0; }}"
     only_zombies = (
         '_s=$(ps -A -o pgid= -o stat= 2>/dev/null) && [ -n "$_s" ] && '
@@ -28,8 +36,9 @@ def build_kill_command(pgid: int, *, poll_s: float = 0.05, polls: int = 40) -> s
     )
     return (
         f"kill -TERM {p} 2>/dev/null || {gone}; _i=0; "
-        f"while [ $_i -lt {int(polls)} ]; do "
-        f"sleep {poll_s:g} 2>/dev/null || sleep 1; "
+        f"while [ $_i -lt {polls} ]; do "
+        f"if [ $_i -lt {fast} ]; then sleep 0.05 2>/dev/null || sleep 1; "
+        "else sleep 0.25 2>/dev/null || sleep 1; fi; "
         f"kill -0 {p} 2>/dev/null || {gone}; "
         f"if [ $((_i % 2)) -eq 1 ] && {only_zombies}; then {gone}; fi; "
         "_i=$((_i+1)); done; "

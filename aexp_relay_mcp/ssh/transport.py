@@ -29,10 +29,13 @@ from ..model.errors import RelayError, RelayTimeoutError
 from . import mux
 from .argv import build_ssh_argv
 from .masters import ConnectionManager, Route, SharedConnection, master_start_timeout
-from .remote_kill import KILL_DONE, build_kill_command
+from .remote_kill import KILL_DONE, TERM_GRACE_S, build_kill_command
 from .runner import OnStart, ProcessResult, ProcessTimeout, Runner, run_process
 
 REFUSED_RETRY_S = 0.05
+# Waiting for a remote group to be gone after TERM (most exit at once; a slow login
+# shell adds its start-up time to the kill call itself).
+KILL_WAIT_S = 1.5
 # The probe `status` compares a shell-starting call with: a subsystem nobody defines,
 # which sshd refuses without starting the login shell. sshd logs the refusal at INFO.
 NO_SHELL_PROBE = "aexp-relay-no-shell-probe"
@@ -206,24 +209,25 @@ class Transport:
 
     # ------------------------------------------------------------------ remote kill
 
-    async def kill_remote(self, host: str, pgid: int, budget: float) -> bool:
-        """End a remote process group within budget; True once it is gone. Takes no session
-        slot: a kill must not wait behind the very calls it ends."""
+    async def kill_remote(self, host: str, pgid: int, *, undo_s: float = 0.0) -> bool:
+        """End a remote process group; True once it is gone. Takes no session slot: a kill
+        must not wait behind the very calls it ends. ``undo_s``: how long the group may take,
+        after TERM, to undo what it started before it gets KILL (and we stop waiting)."""
+        command = build_kill_command(pgid, term_grace_s=TERM_GRACE_S + undo_s)
+        deadline = self.clock() + KILL_WAIT_S + undo_s
         try:
-            run = await self.run(
-                host, build_kill_command(pgid), deadline=self.clock() + budget, use_slot=False
-            )
+            run = await self.run(host, command, deadline=deadline, use_slot=False)
         except (ProcessTimeout, RelayError, mux.MuxError, OSError):
             return False  # a down host or a dead master: nothing more to do from here
         return KILL_DONE in run.result.stdout
 
-    def kill_remote_detached(self, host: str, pgid: int) -> None:
+    def kill_remote_detached(self, host: str, pgid: int, *, undo_s: float = 0.0) -> None:
         """Fire and forget, for shutdown: a short ``ssh ... kill`` in its own session that
         outlives this process and ends on its own."""
         path = self.connections.live_path(host)
         argv = self.ssh_argv(
             host,
-            build_kill_command(pgid),
+            build_kill_command(pgid, term_grace_s=TERM_GRACE_S + undo_s),
             [f"ControlPath={path}"] if path else [],
             connect_timeout=min(self.config.connect_timeout, 5),
         )

@@ -78,7 +78,7 @@ async def realistic_sweep(sb: Sandbox) -> list[Check]:
         await session.initialize()
         sweep = Sweep(session)
         await sandbox_sweep(sweep, sb)
-        checks += [Check(f"noisy: {c.name}", c.ok, c.ms, c.detail) for c in sweep.checks]
+        checks += [Check(f"noisy+power: {c.name}", c.ok, c.ms, c.detail) for c in sweep.checks]
 
         async def status_sees_the_shell() -> str:
             err, data = await sweep.call(tool_name("status"))
@@ -102,8 +102,31 @@ async def realistic_sweep(sb: Sandbox) -> list[Check]:
             expect(logins == 1, f"{logins} logins on the bastion")
             return "ProxyJump: the right HEAD, one login on the bastion"
 
+        async def rebase_cut_short() -> str:
+            sb.push_from_other("cut.txt", "upstream\n")
+            sb.commit(sb.cluster, "cut-local.txt", "mine\n", "selftest: a commit to replay")
+            before = _checkout(sb)
+            sb.slow_hook("post-checkout", 37, "aexp-selftest-slow-hook")
+            try:
+                err, data = await sweep.call(tool_name("rebase"), {"timeout": 3})
+            finally:
+                sb.set_gitconfig(sb.account.gitconfig)  # its own hooks back
+            expect(err and data.get("kind") == "timeout", str(data))
+            expect(data.get("checkout") == "as_before", f"checkout: {data.get('checkout')}")
+            expect(data.get("head") == before[0], f"head {data.get('head')}, was {before[0]}")
+            expect(_checkout(sb) == before, "the checkout is not as it was")
+            return (
+                f"cut at 3 s in a slow post-checkout hook: undone, HEAD {before[0][:8]} as before"
+            )
+
+        async def no_unknown_failure() -> str:
+            expect("command_failed" not in sweep.kinds, f"kinds: {sweep.kinds}")
+            return f"every error had its kind: {', '.join(sorted(set(sweep.kinds)))}"
+
         await _timed(checks, "noisy: status reports the login shell", status_sees_the_shell)
         await _timed(checks, "ProxyJump through a bastion", through_a_bastion)
+        await _timed(checks, "rebase cut short by its timeout", rebase_cut_short)
+        await _timed(checks, "no command_failed anywhere", no_unknown_failure)
 
     async def three_servers_one_login() -> str:
         sb.stop_masters()
@@ -167,6 +190,12 @@ async def realistic_sweep(sb: Sandbox) -> list[Check]:
     await _timed(checks, "master killed mid-session", master_killed_mid_session)
     await _timed(checks, "stopped like Claude Code", stopped_like_claude_code)
     return checks
+
+
+def _checkout(sb: Sandbox) -> tuple[str, str, bool]:
+    """HEAD, the status of every file, and whether a rebase is under way."""
+    status = sb.git(sb.cluster, "--no-optional-locks", "status", "--porcelain", "-uall")
+    return sb.head(sb.cluster), status, (sb.cluster / ".git" / "rebase-merge").exists()
 
 
 def _wait(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:

@@ -76,13 +76,13 @@ def run_selftest(live: bool = False, realistic: bool = False) -> int:
             f"aexp-relay-mcp selftest: every MCP tool over stdio; transport: {transport}", checks
         )
     if realistic and not standin:
-        with Sandbox(profile="noisy", bastion=True) as sb:
+        with Sandbox(profile="noisy", gitconfig="power", bastion=True) as sb:
             more = anyio.run(realistic_sweep, sb)
         print()
         print_table(
             "aexp-relay-mcp selftest --realistic: a login shell that prints on stdout and "
-            "stderr and takes 0.3 s, a bastion, three servers, a killed master, a Claude "
-            "Code-style stop",
+            "stderr and takes 0.3 s, a power user's git config with chatty hooks, a bastion, "
+            "three servers, a killed master, a rebase cut short, a Claude Code-style stop",
             more,
         )
         checks += more

@@ -51,6 +51,7 @@ class Sweep:
     def __init__(self, session: ClientSession) -> None:
         self.session = session
         self.checks: list[Check] = []
+        self.kinds: list[str] = []  # every error kind the tools answered with
 
     async def step(self, name: str, body: Callable[[], Awaitable[str]]) -> None:
         started = time.perf_counter()
@@ -67,7 +68,10 @@ class Sweep:
         self, tool: str, args: dict[str, Any] | None = None
     ) -> tuple[bool, dict[str, Any]]:
         result = await self.session.call_tool(tool, args or {}, read_timeout_seconds=CALL_TIMEOUT_S)
-        return bool(result.is_error), payload(result)
+        data = payload(result)
+        if result.is_error:
+            self.kinds.append(str(data.get("kind")))
+        return bool(result.is_error), data
 
 
 async def _check_tools(sweep: Sweep) -> str:
