@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aexp_relay_mcp import RelayClient, RelayConfig, RelayValidationError, validate_request
-from aexp_relay_mcp.model.targets import validate_host, validate_repo
+from aexp_relay_mcp.model.targets import path_parts, validate_host, validate_repo
 from aexp_relay_mcp.remote.ops import OPS, BuildContext, build_check
 from aexp_relay_mcp.remote.output import parse_script_output
-from aexp_relay_mcp.remote.quoting import quote, quote_repo
+from aexp_relay_mcp.remote.quoting import quote, quote_path
 from aexp_relay_mcp.remote.script import Script, build_remote_command, step
 from aexp_relay_mcp.ssh.argv import build_ssh_argv
 
@@ -52,20 +52,57 @@ def test_a_step_passes_sh_exactly_the_intended_argv(argv: list[str]) -> None:
     assert section.stdout.split("\0")[:-1] == argv
 
 
+# What the login shell of these tests has: $NAME references expand to these (or to "").
+SHELL_ENV = {"HOME": "/home/researcher", "SCRATCH": "/scratch/r e*s", "USER": "me"}
+
+
+def expanded(path: str) -> str:
+    """path as the login shell must see it: ~/ and $NAME / ${NAME} expanded, nothing else."""
+    return "".join(
+        SHELL_ENV["HOME"] + "/"[: len(text) - 1]
+        if kind == "home"
+        else SHELL_ENV.get(text, "")
+        if kind == "var"
+        else text
+        for kind, text in path_parts(path)
+    )
+
+
+def shell_env() -> dict[str, str]:
+    return {**SHELL_ENV, "PATH": os.environ["PATH"]}
+
+
 @settings(max_examples=200, deadline=None)
 @given(shell_text.filter(lambda s: not any(ord(c) < 32 or ord(c) == 127 for c in s)))
 def test_repo_path_reaches_the_remote_shell_literally(tail: str) -> None:
+    """Every character literal, but $NAME and ${NAME}: those the login shell expands
+    (never split or globbed)."""
     path = "/" + tail
-    out = run_sh("printf '%s' " + quote_repo(path)).stdout
-    assert out == path.encode()
+    out = run_sh("printf '%s' " + quote_path(path), env=shell_env()).stdout
+    assert out == expanded(path).encode()
 
 
 @settings(max_examples=100, deadline=None)
 @given(shell_text.filter(lambda s: "\n" not in s and not s.startswith("/")))
 def test_tilde_repo_path_expands_home_and_keeps_the_rest_literal(rest: str) -> None:
-    env = {"HOME": "/home/researcher", "PATH": os.environ["PATH"]}
-    out = run_sh("printf '%s' " + quote_repo("~/" + rest), env=env).stdout
-    assert out == ("/home/researcher/" + rest).encode()
+    out = run_sh("printf '%s' " + quote_path("~/" + rest), env=shell_env()).stdout
+    assert out == expanded("~/" + rest).encode()
+    if "$" not in rest:
+        assert out == ("/home/researcher/" + rest).encode()
+
+
+@pytest.mark.parametrize(
+    ("path", "seen"),
+    [
+        ("$SCRATCH/exp", "/scratch/r e*s/exp"),
+        ("${SCRATCH}/exp", "/scratch/r e*s/exp"),
+        ("/scratch/$USER/exp", "/scratch/me/exp"),
+        ("${HOME}x/$USERy", "/home/researcherx/"),
+        ("/x/$(touch y)/${HOME:-z}/`id`/$1/$$", "/x/$(touch y)/${HOME:-z}/`id`/$1/$$"),
+    ],
+)
+def test_variables_expand_and_every_other_dollar_stays_literal(path: str, seen: str) -> None:
+    assert run_sh("printf '%s' " + quote_path(path), env=shell_env()).stdout == seen.encode()
 
 
 def test_remote_command_reports_pid_and_exit_status_through_markers() -> None:

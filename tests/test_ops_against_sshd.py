@@ -349,10 +349,11 @@ async def test_wandb_sync_without_approval_uploads_nothing_and_returns_a_preview
         "offline-run-20260101_120001-run1",
     ]
     assert preview.all_runs == 3
+    assert (preview.run_count, preview.unsynced_runs) == (2, 2)
     assert all(r.size_bytes > 0 for r in preview.runs)
-    assert preview.command.endswith(
-        "sync wandb/offline-run-20260101_120000-run0 wandb/offline-run-20260101_120001-run1"
-    )
+    assert preview.total_bytes == sum(r.size_bytes for r in preview.runs)
+    # one wandb sync per run: the command is shown for the first, the same for each
+    assert preview.command.endswith("sync wandb/offline-run-20260101_120000-run0")
     assert not sandbox.wandb_log.exists()
     assert audit_lines(sandbox)[-1]["outcome"] == "consent_required"
 
@@ -362,9 +363,10 @@ async def test_wandb_sync_with_approval_runs_the_previewed_command(
 ) -> None:
     result = await client.request("wandb_sync", approve=True)
     assert isinstance(result, WandbSyncResult)
-    assert len(result.synced) == 2
+    assert len(result.synced) == 2 and result.synced_count == 2
     assert sandbox.wandb_log.read_text().splitlines() == [
-        "sync wandb/offline-run-20260101_120000-run0 wandb/offline-run-20260101_120001-run1"
+        "sync wandb/offline-run-20260101_120000-run0",
+        "sync wandb/offline-run-20260101_120001-run1",
     ]
     again = await client.request("wandb_sync", approve=True)
     assert isinstance(again, WandbSyncResult) and again.synced == [] and again.command is None

@@ -18,6 +18,8 @@ from .targets import normalize_repo, validate_wandb_dir
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_OP_TIMEOUT = 60.0
 DEFAULT_WANDB_TIMEOUT = 600.0
+# An upload's default limit grows with its runs: a sweep, not one run.
+WANDB_TIMEOUT_PER_RUN = 60.0
 DEFAULT_OUTPUT_CAP = 1024 * 1024
 DEFAULT_AUDIT_LOG = "~/.aexp/airgapped-relay.log"
 DEFAULT_SSH_BIN = "ssh"
@@ -38,7 +40,10 @@ DEFAULT_MAX_SESSIONS = 8
 # name -> meaning; the docs table and `--help` are generated from this.
 ENV_VARS: dict[str, str] = {
     "AEXP_RELAY_SSH_HOST": "default host (an ssh alias or user@host)",
-    "AEXP_RELAY_REMOTE_REPO": "default repo path on the host (absolute, or starting with ~/)",
+    "AEXP_RELAY_REMOTE_REPO": (
+        "default repo path on the host: absolute, ~/..., or with variables the login shell "
+        "sets ($SCRATCH/exp, ${WORK}/exp, /scratch/$USER/exp)"
+    ),
     "AEXP_RELAY_SSH_CONFIG": "an ssh config file, passed to ssh as -F",
     "AEXP_RELAY_SSH_BIN": "the ssh program (default ssh)",
     "AEXP_RELAY_SSH_VERBOSE": "1 turns on ssh -vv into a log file (never into the captured stderr)",
@@ -46,14 +51,16 @@ ENV_VARS: dict[str, str] = {
         f"ssh ConnectTimeout in seconds (default {DEFAULT_CONNECT_TIMEOUT:g})"
     ),
     "AEXP_RELAY_TIMEOUT": (
-        f"default per-call timeout in seconds (default {DEFAULT_OP_TIMEOUT:g}; "
-        f"wandb_sync {DEFAULT_WANDB_TIMEOUT:g})"
+        f"default per-call timeout in seconds (default {DEFAULT_OP_TIMEOUT:g}; wandb_sync "
+        f"{DEFAULT_WANDB_TIMEOUT:g}, or 120 + {WANDB_TIMEOUT_PER_RUN:g} per run for a larger "
+        "upload)"
     ),
     "AEXP_RELAY_WANDB": (
         "the remote wandb command (default wandb); an absolute path is most reliable"
     ),
     "AEXP_RELAY_WANDB_DIR": (
-        "where the offline runs live: relative to the repo (default wandb), absolute, or ~/..."
+        "where the offline runs live: relative to the repo (default wandb), absolute, ~/..., "
+        "or with variables ($SCRATCH/wandb)"
     ),
     "AEXP_RELAY_AUDIT_LOG": f"the audit log path (default {DEFAULT_AUDIT_LOG})",
     "AEXP_RELAY_OUTPUT_CAP": f"bytes kept per output stream (default {DEFAULT_OUTPUT_CAP})",

@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .budget import fit_data
+
 _PLACEHOLDER = re.compile(r"\{(op|arg|set):([a-z_]+)\}|\{args:([a-z_,]*)\}")
 
 
@@ -144,7 +146,7 @@ class RelayError(Exception):
         if self.request_id:
             data["request_id"] = self.request_id
         data.update(self.extra())
-        return data
+        return fit_data(data)
 
     def extra(self) -> dict[str, Any]:
         return dict(self.details)

@@ -1,7 +1,13 @@
 """Frozen result values. These cross every layer: the MCP tools return them as
-structured content, the CLI renders them, ``--json`` dumps them."""
+structured content, the CLI renders them, ``--json`` dumps them.
+
+A result that carries lists names them in ``BUDGET_LISTS``: ``budget.fit`` cuts them to
+the size budget and sets ``BUDGET_FLAG``; the counts beside them stay exact.
+"""
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -46,6 +52,15 @@ class InterruptedOp(_Frozen):
 
 
 class RepoStatus(OpResult, BranchState):
+    BUDGET_LISTS: ClassVar[tuple[str, ...]] = (
+        "staged",
+        "unstaged",
+        "untracked",
+        "conflicted",
+        "interrupted_ops",
+    )
+    BUDGET_FLAG: ClassVar[str] = "lists_truncated"
+
     head_subject: str | None = Field(description="Subject line of the HEAD commit.")
     clean: bool = Field(description="No staged, unstaged, untracked or conflicted files.")
     staged: list[FileEntry]
@@ -56,7 +71,9 @@ class RepoStatus(OpResult, BranchState):
     unstaged_count: int
     untracked_count: int
     conflicted_count: int
-    lists_truncated: bool = Field(description="True when a file list was capped; counts are exact.")
+    lists_truncated: bool = Field(
+        description="True when a list was cut to fit the result's size; the counts are exact."
+    )
     interrupted_ops: list[InterruptedOp] = Field(
         description="Ops cut short while nobody was left to report to (a stopped or killed "
         "server), with how each left the checkout. The next pull or rebase clears them."
@@ -71,8 +88,18 @@ class RefUpdate(_Frozen):
 
 
 class FetchResult(OpResult):
+    BUDGET_LISTS: ClassVar[tuple[str, ...]] = ("updated_refs",)
+    BUDGET_FLAG: ClassVar[str] = "refs_truncated"
+
     remote: str = Field(description="The remote fetched, or 'all'.")
-    updated_refs: list[RefUpdate]
+    updated_refs: list[RefUpdate] = Field(
+        description="The refs that moved, what matters first: the current branch's upstream, "
+        "then its remote's branches, then the rest (by name). Cut to fit; see the counts."
+    )
+    new_count: int = Field(description="Refs the fetch created (exact).")
+    updated_count: int = Field(description="Refs the fetch moved (exact).")
+    deleted_count: int = Field(description="Refs --prune deleted (exact).")
+    refs_truncated: bool = Field(description="True when updated_refs was cut to fit.")
     after: BranchState = Field(description="Branch and ahead/behind after the fetch.")
 
 
@@ -82,20 +109,28 @@ class Commit(_Frozen):
 
 
 class PullResult(OpResult):
+    BUDGET_LISTS: ClassVar[tuple[str, ...]] = ("commits",)
+    BUDGET_FLAG: ClassVar[str] = "commits_truncated"
+
     old_head: str | None
     new_head: str | None
     up_to_date: bool
-    commits: list[Commit] = Field(description="Commits taken, newest first (capped).")
-    commit_count: int
+    commits: list[Commit] = Field(description="Commits taken, newest first (cut to fit).")
+    commit_count: int = Field(description="Commits taken (exact).")
+    commits_truncated: bool = Field(description="True when commits was cut.")
     after: BranchState
 
 
 class RebaseResult(OpResult):
+    BUDGET_LISTS: ClassVar[tuple[str, ...]] = ("commits",)
+    BUDGET_FLAG: ClassVar[str] = "commits_truncated"
+
     old_head: str | None
     new_head: str | None
     up_to_date: bool
-    commits: list[Commit] = Field(description="old_head..new_head, newest first (capped).")
-    commit_count: int
+    commits: list[Commit] = Field(description="old_head..new_head, newest first (cut to fit).")
+    commit_count: int = Field(description="Commits in old_head..new_head (exact).")
+    commits_truncated: bool = Field(description="True when commits was cut.")
     after: BranchState = Field(description="ahead > 0 means local commits now wait to be pushed.")
 
 
@@ -109,8 +144,13 @@ class PushedRef(_Frozen):
 
 
 class PushResult(OpResult):
+    BUDGET_LISTS: ClassVar[tuple[str, ...]] = ("refs",)
+    BUDGET_FLAG: ClassVar[str] = "refs_truncated"
+
     remote: str
     refs: list[PushedRef]
+    ref_count: int = Field(description="Refs git reported (exact).")
+    refs_truncated: bool = Field(description="True when refs was cut.")
     up_to_date: bool = Field(description="Nothing needed pushing.")
 
 
@@ -121,11 +161,24 @@ class WandbRun(_Frozen):
 
 
 class WandbPreview(_Frozen):
-    runs: list[WandbRun] = Field(description="The runs that would be uploaded.")
-    total_bytes: int
-    all_runs: int = Field(description="Offline runs found under wandb/, synced or not.")
+    BUDGET_LISTS: ClassVar[tuple[str, ...]] = ("runs",)
+    BUDGET_FLAG: ClassVar[str] = "runs_truncated"
+
+    runs: list[WandbRun] = Field(
+        description="The runs that would be uploaded, by name (cut to fit; see run_count)."
+    )
+    run_count: int = Field(description="How many runs would be uploaded (exact).")
+    total_bytes: int = Field(description="Their size together (exact).")
+    first_run: str | None = Field(description="The first of them by name.")
+    last_run: str | None = Field(description="The last of them by name.")
+    runs_truncated: bool = Field(
+        description="True when runs was cut: narrow with match, after_run, to_run or limit to "
+        "see the rest."
+    )
+    all_runs: int = Field(description="Offline runs in the wandb directory, synced or not.")
+    unsynced_runs: int = Field(description="Of those, not synced yet (any selection).")
     command: str = Field(
-        description="The exact command that would run in the repo on the login node."
+        description="The exact command that would run on the login node, once per run."
     )
     wandb_available: bool = Field(
         description="Whether the wandb command was found on the login node."
@@ -137,16 +190,28 @@ class WandbPreview(_Frozen):
 
 
 class WandbSyncResult(OpResult):
-    synced: list[str] = Field(description="Run names uploaded.")
+    BUDGET_LISTS: ClassVar[tuple[str, ...]] = ("synced",)
+    BUDGET_FLAG: ClassVar[str] = "runs_truncated"
+
+    synced: list[str] = Field(description="Run names uploaded, in order (cut to fit).")
+    synced_count: int = Field(description="Runs uploaded by this call (exact).")
+    already_synced: int = Field(
+        description="Runs asked for that were synced already, and skipped: nothing is "
+        "uploaded twice."
+    )
+    runs_truncated: bool = Field(description="True when synced was cut.")
     command: str | None = Field(
-        description="The command that ran; None when nothing needed syncing."
+        description="The command that ran, once per run; None when nothing needed syncing."
     )
     output_tail: str = Field(description="Last lines of wandb's output.")
 
 
 class ConnectionStatus(_Frozen):
     host: str
-    repo: str | None
+    repo: str | None = Field(description="The repo path as given.")
+    repo_resolved: str | None = Field(
+        description="The repo path as the login node resolved it (~ and $VARIABLES expanded)."
+    )
     reachable: bool
     rtt_ms: float | None = Field(description="Round-trip time of the check command.")
     repo_exists: bool | None

@@ -23,6 +23,48 @@ _HOST_RE = re.compile(
 )
 
 
+# A variable the login shell expands in a path, as cluster docs write them: $SCRATCH,
+# ${WORK}, /scratch/$USER. Any other $ ($(...), ${X:-y}, $1, $$) and backticks stay
+# literal characters of the path, as every other character does.
+_VARIABLE = re.compile(r"\$(?:([A-Za-z_][A-Za-z0-9_]*)|\{([A-Za-z_][A-Za-z0-9_]*)\})")
+PATH_RULE = (
+    "absolute (/...), ~ or ~/..., or starting with a variable the login shell sets ($SCRATCH/... "
+    "or ${WORK}/...); $NAME and ${NAME} are expanded there, everything else is literal"
+)
+
+
+def path_parts(path: str) -> list[tuple[str, str]]:
+    """A path as ``("home", "~/")``, ``("text", literal)`` and ``("var", NAME)`` parts."""
+    parts: list[tuple[str, str]] = []
+    rest = path
+    if path == "~":
+        return [("home", "~")]
+    if path.startswith("~/"):
+        parts.append(("home", "~/"))
+        rest = path[2:]
+    pos = 0
+    for match in _VARIABLE.finditer(rest):
+        if match.start() > pos:
+            parts.append(("text", rest[pos : match.start()]))
+        parts.append(("var", match.group(1) or match.group(2)))
+        pos = match.end()
+    if pos < len(rest):
+        parts.append(("text", rest[pos:]))
+    return parts
+
+
+def path_variables(path: str) -> list[str]:
+    """The variables a (valid) path refers to, in order, each once."""
+    return list(dict.fromkeys(text for kind, text in path_parts(path) if kind == "var"))
+
+
+def _path_problem(path: str) -> str:
+    """Why path cannot be a path on the login node, or "" when it can."""
+    if path.startswith("~") and path_parts(path)[0][0] != "home":
+        return "~user/ paths are not accepted"
+    return ""
+
+
 def has_control(text: str) -> bool:
     return any(unicodedata.category(ch) == "Cc" for ch in text)
 
@@ -59,7 +101,7 @@ def validate_repo(path: str | None) -> str:
     if path is None or not path.strip():
         raise RelayValidationError(
             "No remote repo path given.",
-            hint="Pass {arg:remote_repo} (absolute, or starting with ~/) or set "
+            hint="Pass {arg:remote_repo} (absolute, ~/..., or $SCRATCH/...) or set "
             "AEXP_RELAY_REMOTE_REPO.",
         )
     if len(path) > MAX_REPO_LEN:
@@ -72,11 +114,14 @@ def validate_repo(path: str | None) -> str:
             f"remote repo path {path!r} contains control characters (newline, NUL, escape, ...).",
             hint="Pass {arg:remote_repo} as the plain path of the checkout on the login node.",
         )
-    if not (path.startswith("/") or path == "~" or path.startswith("~/")):
+    problem = _path_problem(path)
+    if not problem and not path.startswith(("/", "~")) and path_parts(path)[0][0] != "var":
+        problem = "it is relative"
+    if problem:
         raise RelayValidationError(
-            f"remote repo path {path!r} must be absolute or start with ~/.",
-            hint="Pass {arg:remote_repo} as e.g. /home/me/project or ~/project. ~user/ paths "
-            "are not accepted.",
+            f"remote repo path {path!r} is refused: {problem}.",
+            hint="Pass {arg:remote_repo} " + PATH_RULE + ", e.g. /home/me/project, "
+            "~/project, $SCRATCH/project or /scratch/$USER/project.",
         )
     return path
 
@@ -94,13 +139,13 @@ def validate_wandb_dir(path: str) -> str:
         problem = "contains control characters"
     elif value.startswith("-"):
         problem = "starts with '-', so wandb would read it as an option"
-    elif value.startswith("~") and not (value == "~" or value.startswith("~/")):
-        problem = "uses ~user/, which is not accepted"
+    elif _path_problem(value):
+        problem = f"is refused: {_path_problem(value)}"
     if problem:
         raise RelayValidationError(
             f"AEXP_RELAY_WANDB_DIR={path!r} {problem}.",
             hint="Set it to a directory relative to the repo (default wandb), an absolute "
-            "path, or one starting with ~/, e.g. /scratch/me/wandb.",
+            "path, ~/..., or one with a variable the login shell sets, e.g. $SCRATCH/wandb.",
         )
     return value.rstrip("/") or "/"
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import anyio
 
+from ..model.budget import fit
 from ..model.config import REMOTE_TIMEOUT_GRACE, RelayConfig
 from ..model.errors import RelayError, RelayTimeoutError, RelayValidationError, Surface
 from ..model.results import OpResult
@@ -170,14 +171,16 @@ class CallRunner:
             fields = spec.parse(out, parsed)
         except UnparseableOutput as exc:
             raise unparseable(out, str(exc)) from None
-        return spec.result_model(
-            op=spec.name,
-            request_id=call.request_id,
-            host=call.host or "",
-            repo=call.repo or "",
-            duration_s=round(call.elapsed, 4),
-            **fields,
-            **extra,
+        return fit(
+            spec.result_model(
+                op=spec.name,
+                request_id=call.request_id,
+                host=call.host or "",
+                repo=call.repo or "",
+                duration_s=round(call.elapsed, 4),
+                **fields,
+                **extra,
+            )
         )
 
     async def execute(
@@ -189,8 +192,10 @@ class CallRunner:
         enter: bool = True,
         check: bool = True,
         on_progress: ProgressFn | None = None,
+        on_stderr: Callable[[bytes], None] | None = None,
     ) -> ScriptOutput:
-        """Run a script body over ssh for call; turn transport and remote failures into errors."""
+        """Run a script body over ssh for call; turn transport and remote failures into errors.
+        Progress: ``on_progress`` gets git's percentages; ``on_stderr`` reads stderr itself."""
         nonce = secrets.token_hex(8)
         left = max(0.1, call.deadline - self.clock())
         # An op that undoes itself when cut gets the time to (remote TERM-to-KILL, our wait).
@@ -205,14 +210,10 @@ class CallRunner:
             undo_s=call.undo_s,
         )
         verbose_log = self._verbose_log_path(nonce)
-        progress = GitProgress(on_progress) if on_progress else None
+        if on_stderr is None and on_progress is not None:
+            on_stderr = GitProgress(on_progress).feed
         try:
-            run = await call.run(
-                command,
-                nonce,
-                on_stderr=progress.feed if progress else None,
-                verbose_log=verbose_log,
-            )
+            run = await call.run(command, nonce, on_stderr=on_stderr, verbose_log=verbose_log)
         except FileNotFoundError:
             raise ssh_missing(self.config.ssh_bin) from None
         except ProcessTimeout as exc:

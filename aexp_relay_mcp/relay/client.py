@@ -108,7 +108,16 @@ class RelayClient:
             call.set_limit(runner.limit_for(spec, timeout))
             ctx = runner.context(call)
             if spec.consent:
-                result = await wandb_sync(runner, call, spec, parsed, ctx, approve, on_progress)
+                result = await wandb_sync(
+                    runner,
+                    call,
+                    spec,
+                    parsed,
+                    ctx,
+                    approve,
+                    on_progress,
+                    timeout_given=timeout is not None,
+                )
             else:
                 result = await run_repo_op(runner, call, spec, parsed, ctx, on_progress)
         return result
@@ -130,9 +139,14 @@ class RelayClient:
         *,
         ssh_host: str | None = None,
         remote_repo: str | None = None,
+        **selection: Any,
     ) -> WandbPreview:
-        """What ``wandb_sync`` would upload: runs, sizes and the exact command. Uploads nothing."""
-        return await wandb_preview(self.runner, runs, ssh_host=ssh_host, remote_repo=remote_repo)
+        """What ``wandb_sync`` would upload: runs, sizes and the exact command. Uploads
+        nothing. ``selection``: ``match``, ``after_run``, ``to_run``, ``limit``."""
+        args = {k: v for k, v in {"runs": runs, **selection}.items() if v is not None}
+        return await wandb_preview(
+            self.runner, args or None, ssh_host=ssh_host, remote_repo=remote_repo
+        )
 
     def record_refusal(
         self,

@@ -23,7 +23,7 @@ from ..model.errors import (
 from ..model.text import clean_text, tail
 from ..remote.failures import classify_git_failure, classify_guard_failure, proxy_failure
 from ..remote.output import ScriptOutput
-from ..remote.quoting import quote_repo
+from ..remote.quoting import quote_path
 from ..remote.rollback import UndoReport, parse_report, restore_commands
 from ..ssh.failures import classify_ssh_failure
 from ..ssh.runner import ProcessResult
@@ -33,7 +33,7 @@ def fill(hint: str, host: str, repo: str) -> str:
     """A hint that names the call's own host and repo (quoted for a shell), not a
     placeholder."""
     return hint.replace("{host}", host or "the login node").replace(
-        "{repo}", quote_repo(repo) if repo else "<repo>"
+        "{repo}", quote_path(repo) if repo else "<repo>"
     )
 
 
@@ -84,7 +84,13 @@ def remote_failure(
         return transport_failure(out, proc, verbose_log, host)
     if out.exit_code == 0:
         return None
-    code = out.exit_code
+    return script_failure(out, op, host, repo)
+
+
+def script_failure(out: ScriptOutput, op: str | None, host: str, repo: str) -> RemoteCommandError:
+    """The script ran and reported a non-zero exit: what went wrong, in git's words or a
+    guard's kind, and what became of the checkout."""
+    code = out.exit_code if out.exit_code is not None else -1
     # git puts some reasons on stdout (push --porcelain, rebase's CONFLICT lines). The
     # login shell's own output (before the start marker) is never read as git's.
     said = out.stderr + "\n" + out.stdout
@@ -110,6 +116,9 @@ def remote_failure(
                 "pushed. {op:repo_status} shows the state.",
             )
     message = failure.message
+    unset = out.section("unset")
+    if failure.kind == "path_variable_unset" and unset is not None:
+        message = unset_variable(unset.stdout)
     undo = out.section("undo")
     report = parse_report(undo.stdout) if undo is not None else None
     if report is not None:
@@ -122,6 +131,13 @@ def remote_failure(
         exit_code=code,
         stderr_tail=tail(said),
         details=details,
+    )
+
+
+def unset_variable(name: str) -> str:
+    return (
+        f"The path uses ${clean_text(name.strip())}, which is not set (or empty) in "
+        "non-interactive shells on the login node, so it cannot be resolved there."
     )
 
 

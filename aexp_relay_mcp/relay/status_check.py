@@ -13,6 +13,8 @@ real login nodes differ from a clean account:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import secrets
 import statistics
@@ -24,12 +26,13 @@ from ..model.text import clean_text
 from ..remote.failures import classify_git_failure, git_version_ok, guard_failure
 from ..remote.ops import build_check
 from ..remote.output import ScriptOutput
-from ..remote.script import start_marker_command
+from ..remote.script import marker, start_marker_command
 from .call import Call
 from .call_runner import CallRunner, check_timeout
+from .diagnose import fill, unset_variable
 
 CHECK_TIMEOUT_S = 30.0
-LOGIN_SHELL_ROUNDS = 3
+ROUNDS = 3  # probes of each kind, for the login shell's cost
 SLOW_LOGIN_SHELL_MS = 100.0
 FIRST_LINE_CHARS = 120
 RC_GUARD = "case $- in *i*) ;; *) return ;; esac"
@@ -50,10 +53,16 @@ async def check_connection(
         limit = min(runner.config.timeout or CHECK_TIMEOUT_S, CHECK_TIMEOUT_S)
         call.set_limit(check_timeout(timeout) if timeout is not None else limit)
         base = _nothing_known(call)
+        # What status measures runs side by side: the check, and the login shell's cost
+        # (its probes are sessions of their own), so the whole takes a few round trips.
+        measure = asyncio.ensure_future(_login_shell_ms(runner, call))
         try:
+            started = runner.clock()
             body = build_check(runner.context(call))
             out = await runner.execute(call, body, enter=False, check=False)
+            rtt = runner.clock() - started
         except (RelayDownError, RelayTimeoutError) as exc:
+            await _cancelled(measure)
             runner.fail(call, exc)
             return ConnectionStatus(
                 **base,
@@ -63,7 +72,16 @@ async def check_connection(
                 hint=f"{exc.message} {runner.surface.render(exc.hint_template)}",
                 duration_s=round(call.elapsed, 4),
             )
-        return await _reachable(runner, call, out, base)
+        except BaseException:
+            await _cancelled(measure)
+            raise
+        return await _reachable(runner, call, out, base, rtt, await measure)
+
+
+async def _cancelled(task: asyncio.Future[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
 
 
 def _nothing_known(call: Call) -> dict[str, Any]:
@@ -71,6 +89,7 @@ def _nothing_known(call: Call) -> dict[str, Any]:
     return {
         "host": call.host or "",
         "repo": call.repo or None,
+        "repo_resolved": None,
         "request_id": call.request_id,
         "repo_exists": None,
         "is_git_repo": None,
@@ -88,14 +107,17 @@ def _nothing_known(call: Call) -> dict[str, Any]:
 
 
 async def _reachable(
-    runner: CallRunner, call: Call, out: ScriptOutput, base: dict[str, Any]
+    runner: CallRunner,
+    call: Call,
+    out: ScriptOutput,
+    base: dict[str, Any],
+    rtt: float,
+    shell_ms: float | None,
 ) -> ConnectionStatus:
-    rtt = call.elapsed
     host, repo = call.host or "", call.repo or ""
     status = {**base, **_interpret(out, repo)}
     problem: Failure | None = status.pop("failure")
     stream, first_line = login_shell_output(out)
-    shell_ms = await _login_shell_ms(runner, call)
     shared = await runner.transport.shared_connection(host)
     status.update(
         shared_connection=shared.live if shared.enabled else None,
@@ -106,7 +128,9 @@ async def _reachable(
         login_shell_ms=shell_ms,
         warnings=login_shell_warnings(stream, first_line, shell_ms),
         problem=problem.kind if problem else None,
-        hint=f"{problem.message} {runner.surface.render(problem.hint)}" if problem else "",
+        hint=f"{problem.message} {fill(runner.surface.render(problem.hint), host, repo)}"
+        if problem
+        else "",
     )
     call.finish("ok", status["problem"], out.exit_code)
     return ConnectionStatus(
@@ -137,8 +161,13 @@ def _interpret(out: ScriptOutput, repo: str) -> dict[str, Any]:
         branch = out.section("branch")
         if branch is not None and branch.exit_code == 0:
             status["branch"] = branch.stdout.strip() or None
+        resolved = out.section("resolved")
+        status["repo_resolved"] = resolved.stdout.strip() or None if resolved else None
         if out.kind:
             problem = guard_failure(out.kind)
+            unset = out.section("unset")
+            if out.kind == "path_variable_unset" and unset is not None:
+                problem = Failure(problem.kind, unset_variable(unset.stdout), problem.hint)
         elif inside is not None and inside.exit_code != 0 and problem is None:
             problem = classify_git_failure(inside.stderr, inside.exit_code)
     status["failure"] = problem
@@ -162,27 +191,24 @@ def login_shell_output(out: ScriptOutput) -> tuple[str | None, str | None]:
 
 
 async def _login_shell_ms(runner: CallRunner, call: Call) -> float | None:
-    """Median shell-starting call minus median no-shell call, interleaved."""
-    shell: list[float] = []
-    bare: list[float] = []
-    for _ in range(LOGIN_SHELL_ROUNDS):
-        if runner.clock() >= call.deadline:
-            break
-        no_shell = await runner.transport.no_shell_round_trip(call.host or "", call.deadline)
-        if no_shell is None:
-            return None
-        bare.append(no_shell)
+    """Median shell-starting call minus median no-shell call, all of them at once."""
+    host, transport = call.host or "", runner.transport
+
+    async def shell() -> float | None:
         nonce = secrets.token_hex(8)
         started = runner.clock()
-        try:
-            await call.run(start_marker_command(nonce), nonce)
-        except Exception:  # a probe never fails the status itself
-            return None
-        call.command_ended()
-        shell.append(runner.clock() - started)
-    if not shell:
+        run = await transport.run(host, start_marker_command(nonce), deadline=call.deadline)
+        return runner.clock() - started if marker(nonce) in run.result.stderr else None
+
+    probes = [transport.no_shell_round_trip(host, call.deadline) for _ in range(ROUNDS)]
+    probes += [shell() for _ in range(ROUNDS)]
+    # a probe never fails the status itself: one that cannot measure gives None
+    times = await asyncio.gather(*probes, return_exceptions=True)
+    bare = [t for t in times[:ROUNDS] if isinstance(t, float)]
+    shells = [t for t in times[ROUNDS:] if isinstance(t, float)]
+    if not bare or not shells:
         return None
-    return round(max(0.0, statistics.median(shell) - statistics.median(bare)) * 1000, 1)
+    return round(max(0.0, statistics.median(shells) - statistics.median(bare)) * 1000, 1)
 
 
 def login_shell_warnings(

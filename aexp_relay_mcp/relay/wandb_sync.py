@@ -2,14 +2,31 @@
 
 Every call lists the runs first (the preview). Without approval the preview is the
 answer (``consent_required``) and nothing is uploaded; with it, exactly the previewed
-runs are uploaded, with the command the preview showed.
+runs are uploaded, one ``wandb sync`` each, in name order, with progress per run.
+
+A sweep is large: the selection arguments (``match``, ``after_run``, ``to_run``, ``limit``)
+narrow it, the preview's lists are cut to the size budget (its counts are exact), and the
+default timeout grows with the number of runs. An upload cut short (timeout, cancel) says
+how many runs were uploaded, which are left, and the arguments that continue it: runs
+already synced are always skipped, so nothing is uploaded twice.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Mapping
 from typing import Any
 
-from ..model.errors import ConsentRequiredError, RemoteCommandError
+import anyio
+
+from ..model.budget import fit
+from ..model.config import DEFAULT_WANDB_TIMEOUT, WANDB_TIMEOUT_PER_RUN
+from ..model.errors import (
+    ConsentRequiredError,
+    RelayError,
+    RelayTimeoutError,
+    RemoteCommandError,
+)
 from ..model.results import OpResult, WandbPreview, WandbSyncResult
 from ..model.text import human_size
 from ..remote.failures import guard_failure
@@ -19,62 +36,76 @@ from ..remote.ops import (
     WandbSyncArgs,
     build_wandb_preview,
     display_wandb_command,
+    parse_sync_lines,
     parse_wandb_preview,
     validate_request,
 )
 from ..remote.output import UnparseableOutput
 from .call import Call
-from .call_runner import CallRunner, ProgressFn
-from .diagnose import unparseable
+from .call_runner import MAX_TIMEOUT_S, CallRunner, ProgressFn
+from .diagnose import script_failure, unparseable
 
 PREVIEW_TIMEOUT_S = 30.0
+PROGRESS_LINE = "aexp-run: "
 
 
 async def wandb_preview(
     runner: CallRunner,
-    runs: list[str] | None,
+    args: Mapping[str, Any] | None,
     *,
     ssh_host: str | None = None,
     remote_repo: str | None = None,
 ) -> WandbPreview:
     """The preview on its own (audited as op ``wandb_preview``): what would be uploaded."""
-    args = {"runs": runs} if runs is not None else None
     call = runner.new_call("wandb_preview", args, ssh_host, remote_repo)
     with runner.ending(call):
         _, parsed = validate_request("wandb_sync", args)
         runner.target(call)
         call.set_limit(PREVIEW_TIMEOUT_S)
         assert isinstance(parsed, WandbSyncArgs)
-        return await _preview(runner, call, parsed, runner.context(call))
+        preview, _, _ = await _preview(runner, call, parsed, runner.context(call))
+        return preview
 
 
 async def _preview(
     runner: CallRunner, call: Call, args: WandbSyncArgs, ctx: BuildContext
-) -> WandbPreview:
+) -> tuple[WandbPreview, list[str], int]:
+    """The preview (lists cut to the budget), every name it selected, in order, and how
+    many runs named explicitly were synced already."""
     out = await runner.execute(call, build_wandb_preview(args, ctx))
     try:
         listing = parse_wandb_preview(out, args)
     except UnparseableOutput as exc:
         raise unparseable(out, str(exc)) from None
-    missing = sorted(set(args.runs or []) - {r.name for r in listing.wanted})
-    if missing:
+    if listing.missing:
         failure = guard_failure("run_not_found")
         raise RemoteCommandError(
-            f"{failure.message} Not found: {', '.join(missing)}.",
+            f"{failure.message} Not found: {', '.join(listing.missing)}.",
             kind=failure.kind,
             hint=failure.hint,
-            details={"missing_runs": missing},
+            details={"missing_runs": listing.missing},
         )
     names = [r.name for r in listing.wanted]
-    return WandbPreview(
+    preview = WandbPreview(
         runs=listing.wanted,
+        run_count=len(names),
         total_bytes=sum(r.size_bytes for r in listing.wanted),
+        first_run=names[0] if names else None,
+        last_run=names[-1] if names else None,
+        runs_truncated=False,
         all_runs=listing.all_runs,
-        command=display_wandb_command(ctx, names) if names else "",
+        unsynced_runs=listing.unsynced,
+        command=display_wandb_command(ctx, names),
         wandb_available=listing.wandb_available,
         wandb_dir=ctx.wandb_dir,
         wandb_dir_exists=listing.dir_exists,
     )
+    return fit(preview), names, len(listing.skipped)
+
+
+def sweep_timeout(runs: int) -> float:
+    """The default limit for an upload: a sweep, not one run."""
+    return min(MAX_TIMEOUT_S, max(DEFAULT_WANDB_TIMEOUT, 120.0 + WANDB_TIMEOUT_PER_RUN * runs))
 
 
 async def wandb_sync(
@@ -85,10 +116,11 @@ async def wandb_sync(
     ctx: BuildContext,
     approve: bool,
     on_progress: ProgressFn | None,
+    *,
+    timeout_given: bool,
 ) -> OpResult:
     assert isinstance(args, WandbSyncArgs)
-    preview = await _preview(runner, call, args, ctx)
-    names = [r.name for r in preview.runs]
+    preview, names, skipped = await _preview(runner, call, args, ctx)
     common: dict[str, Any] = {
         "op": spec.name,
         "request_id": call.request_id,
@@ -98,7 +130,8 @@ async def wandb_sync(
     if not names:
         where = ctx.wandb_dir
         said = (
-            f"Nothing to sync: every offline run in {where} is already synced."
+            f"Nothing to sync: every offline run in {where} that the arguments select is "
+            "already synced."
             if preview.wandb_dir_exists
             else f"Nothing to sync: there is no wandb directory at {where} on the login node "
             "(relative paths are inside the repo; AEXP_RELAY_WANDB_DIR sets it)."
@@ -107,6 +140,9 @@ async def wandb_sync(
             **common,
             duration_s=round(call.elapsed, 4),
             synced=[],
+            synced_count=0,
+            already_synced=skipped,
+            runs_truncated=False,
             command=None,
             output_tail=said,
         )
@@ -116,14 +152,147 @@ async def wandb_sync(
             "Weights & Biases needs the user's approval. Nothing was uploaded.",
             preview=preview,
             hint="Show the user the runs, sizes and command in the preview. Only if they "
-            "agree, run {op:wandb_sync} again with {set:approve} for the same runs.",
+            "agree, run {op:wandb_sync} again with {set:approve} and the same arguments."
+            + (
+                " The preview lists the first runs only: narrow with {arg:match}, "
+                "{arg:after_run} (the preview's last_run pages on), {arg:to_run} or "
+                "{arg:limit} to show the user the rest."
+                if preview.runs_truncated
+                else ""
+            ),
         )
     if not preview.wandb_available:
         failure = guard_failure("wandb_missing")
         raise RemoteCommandError(failure.message, kind=failure.kind, hint=failure.hint)
+    if not timeout_given:
+        call.set_limit(max(call.deadline - call.started, sweep_timeout(len(names))))
     pinned = args.model_copy(update={"runs": names})
-    async with runner.repo_lock(call):
-        out = await runner.execute(
-            call, spec.build(pinned, ctx), spec=spec, on_progress=on_progress
+    progress = _RunProgress(on_progress) if on_progress else None
+    try:
+        async with runner.repo_lock(call):
+            out = await runner.execute(
+                call,
+                spec.build(pinned, ctx),
+                spec=spec,
+                check=False,
+                on_stderr=progress.feed if progress else None,
+            )
+    except RelayTimeoutError as exc:
+        raise await _stopped(runner, call, args, names, ctx, exc) from None
+    except asyncio.CancelledError:
+        with anyio.CancelScope(shield=True):
+            left = await _left_of(runner, call, names, ctx)
+            if left is not None:  # no result goes back: the audit line says it
+                call.trace.update(uploaded_count=len(names) - len(left), left_count=len(left))
+        raise
+    if out.exit_code != 0:
+        error = script_failure(out, spec.name, call.host or "", ctx.repo)
+        sync = out.section("sync")
+        seen = parse_sync_lines(sync.stdout if sync is not None else "")
+        done = set(seen["uploaded"]) | set(seen["skipped"])
+        raise _with_what_is_left(error, args, names, [n for n in names if n not in done])
+    result = runner.result(call, spec, out, pinned, command=preview.command)
+    assert isinstance(result, WandbSyncResult)
+    return result.model_copy(update={"already_synced": result.already_synced + skipped})
+
+
+class _RunProgress:
+    """Reads the sync loop's "aexp-run: k/n name" lines off stderr: run k of n."""
+
+    def __init__(self, callback: ProgressFn) -> None:
+        self.callback = callback
+        self.pending = b""
+
+    def feed(self, chunk: bytes) -> None:
+        lines = (self.pending + chunk).split(b"\n")
+        self.pending = lines.pop()[-512:]
+        for line in lines:
+            text = line.decode(errors="replace").strip()
+            if not text.startswith(PROGRESS_LINE):
+                continue
+            count, _, name = text[len(PROGRESS_LINE) :].partition(" ")
+            done, _, total = count.partition("/")
+            if done.isdigit() and total.isdigit() and int(total):
+                percent = 100.0 * int(done) / int(total)
+                self.callback(percent, f"run {done} of {total} uploaded: {name}")
+
+
+async def _left_of(
+    runner: CallRunner, call: Call, names: list[str], ctx: BuildContext
+) -> list[str] | None:
+    """Which of the approved runs are not synced yet, asked of the login node itself
+    (a run is synced once wandb wrote its marker). None when that cannot be known."""
+    check = runner.new_call("wandb_preview", None, call.host, call.repo)
+    check.set_limit(PREVIEW_TIMEOUT_S)
+    listing_args = WandbSyncArgs()
+    try:
+        with runner.ending(check):
+            out = await runner.execute(check, build_wandb_preview(listing_args, ctx))
+            listing = parse_wandb_preview(out, listing_args)
+    except (RelayError, UnparseableOutput):
+        return None
+    unsynced = {r.name for r in listing.wanted}
+    return [n for n in names if n in unsynced]
+
+
+async def _stopped(
+    runner: CallRunner,
+    call: Call,
+    args: WandbSyncArgs,
+    names: list[str],
+    ctx: BuildContext,
+    exc: RelayTimeoutError,
+) -> RelayError:
+    left = await _left_of(runner, call, names, ctx)
+    if left is None:
+        exc.message += (
+            " Which runs were uploaded could not be checked: preview again "
+            "({op:wandb_sync} without approve) to see the ones left."
         )
-    return runner.result(call, spec, out, pinned, command=preview.command)
+        return exc
+    return _with_what_is_left(exc, args, names, left)
+
+
+def _with_what_is_left(
+    error: RelayError, args: WandbSyncArgs, names: list[str], left: list[str]
+) -> RelayError:
+    """Say how far an approved upload got, what is left, and how to continue it."""
+    done = [n for n in names if n not in set(left)]
+    error.message += (
+        f" Of the {len(names)} approved run(s), {len(done)} were uploaded and {len(left)} are left."
+    )
+    error.details.update(
+        approved_count=len(names),
+        uploaded_count=len(done),
+        uploaded=done,
+        left_count=len(left),
+        left=left,
+    )
+    if left:
+        error.details["continue_with"] = continue_with(args, names)
+        error.hint_template = (
+            "The user approved the whole preview, and that consent covers the runs left: call "
+            "{op:wandb_sync} with the arguments in continue_with (approve included) to upload "
+            "them. Runs already uploaded are skipped; nothing is uploaded twice. "
+            + ("Pass a larger {arg:timeout} if it keeps running out. " if _timed(error) else "")
+        ).strip()
+    return error
+
+
+def _timed(error: RelayError) -> bool:
+    return isinstance(error, RelayTimeoutError)
+
+
+def continue_with(args: WandbSyncArgs, names: list[str]) -> dict[str, Any]:
+    """Arguments that select exactly the approved runs not uploaded yet: the same
+    selection, bounded by the last approved run (uploaded ones are skipped as synced)."""
+    selection: dict[str, Any] = {"approve": True}
+    if args.runs is not None:
+        selection["runs"] = names
+    else:
+        for key in ("match", "after_run"):
+            value = getattr(args, key)
+            if value is not None:
+                selection[key] = value
+        selection["to_run"] = names[-1]
+    return selection

@@ -243,6 +243,18 @@ GUARD_FAILURES: dict[str, tuple[str, str]] = {
         "git on the login node is older than 2.20, which this relay needs.",
         "Load a newer git on the login node (e.g. `module load git`).",
     ),
+    "path_variable_unset": (
+        "A variable in the path is not set (or empty) in non-interactive shells on the login "
+        "node, so the path cannot be resolved there.",
+        "Set it near the top of ~/.bashrc on {host}, above the line that returns early for "
+        "non-interactive shells, or spell the path out; {op:status} shows how the login node "
+        "resolves it.",
+    ),
+    "repo_not_absolute": (
+        "The repo path is not absolute once the login node expanded its variables.",
+        "Pass {arg:remote_repo} with a variable that holds an absolute path ($HOME, $SCRATCH) "
+        "or spell it out.",
+    ),
     "untracked_in_the_way": (
         "Untracked files in the checkout are in the way of files the upstream adds; nothing "
         "was changed (git would refuse to overwrite them too).",

@@ -7,6 +7,7 @@ validation derive from ``OPS``; nothing else lists the ops.
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import re
 import shlex
@@ -42,9 +43,9 @@ from .parsing import (
     parse_status_z,
     parse_wandb_runs,
 )
-from .quoting import Raw, Word, quote_repo, render_words
+from .quoting import Raw, Word, expands, quote_path, render_words
 from .rollback import REPORT_DIR, arm, parse_reports
-from .script import Script, enter_repo, guard, step
+from .script import Script, enter_repo, guard, step, variables_set
 
 MAX_NAME_LEN = 200
 MAX_RUNS = 500
@@ -123,12 +124,30 @@ class PushArgs(OpArgs):
         return check_git_name(v, "branch")
 
 
+_RUN_GLOB_RE = re.compile(r"^[A-Za-z0-9_.*?\[\]-]{1,200}$")
+MAX_LIMIT = 100_000
+
+
 class WandbSyncArgs(OpArgs):
     runs: list[str] | None = Field(
         default=None,
         description="Names of offline-run-* directories in the wandb directory (the repo's "
         "wandb/ unless AEXP_RELAY_WANDB_DIR says otherwise) to upload. Default: every run not "
-        "yet synced.",
+        "yet synced. Runs already synced are skipped: nothing is uploaded twice.",
+    )
+    match: str | None = Field(
+        default=None,
+        description="Only runs whose name matches this glob, e.g. offline-run-20260301_*.",
+    )
+    after_run: str | None = Field(
+        default=None,
+        description="Only runs named after this one (by name: the preview's last_run pages on).",
+    )
+    to_run: str | None = Field(
+        default=None, description="Only runs named up to this one, itself included."
+    )
+    limit: int | None = Field(
+        default=None, description="At most this many runs: the first ones by name."
     )
 
     @field_validator("runs")
@@ -139,8 +158,41 @@ class WandbSyncArgs(OpArgs):
         if not v:
             raise ValueError("runs is empty: omit it to sync every unsynced run, or name some")
         if len(v) > MAX_RUNS:
-            raise ValueError(f"at most {MAX_RUNS} runs per call")
+            raise ValueError(
+                f"at most {MAX_RUNS} runs per call: select more with match, after_run, to_run "
+                "and limit instead"
+            )
         return list(dict.fromkeys(check_run_name(r) for r in v))
+
+    @field_validator("match")
+    @classmethod
+    def _match(cls, v: str | None) -> str | None:
+        if v is not None and not _RUN_GLOB_RE.match(v):
+            raise ValueError(
+                f"match {v!r} is not a run-name glob: letters, digits and _ . - * ? [ ] only"
+            )
+        return v
+
+    @field_validator("after_run", "to_run")
+    @classmethod
+    def _bound(cls, v: str | None) -> str | None:
+        return None if v is None else check_run_name(v)
+
+    @field_validator("limit")
+    @classmethod
+    def _limit(cls, v: int | None) -> int | None:
+        if v is not None and not 1 <= v <= MAX_LIMIT:
+            raise ValueError(f"limit must be between 1 and {MAX_LIMIT}")
+        return v
+
+    def selects(self, name: str) -> bool:
+        """Whether a run's name is in this selection (runs, match, after_run, to_run)."""
+        return (
+            (self.runs is None or name in self.runs)
+            and (self.match is None or fnmatch.fnmatchcase(name, self.match))
+            and (self.after_run is None or name > self.after_run)
+            and (self.to_run is None or name <= self.to_run)
+        )
 
 
 @dataclass(frozen=True)
@@ -382,10 +434,20 @@ def _build_fetch(args: FetchArgs, ctx: BuildContext) -> Script:
 def _parse_fetch(out: ScriptOutput, args: FetchArgs) -> dict[str, Any]:
     before = parse_ref_snapshot(_stdout(out, "before"))
     after = parse_ref_snapshot(_stdout(out, "after"))
+    state = _state(out).state
+    moved = diff_refs(before, after)
+    # What matters most first: the current branch's upstream, its remote's branches, the rest.
+    upstream = state.upstream or ""
+    remote = upstream.split("/", 1)[0] + "/" if "/" in upstream else "\0"
+    moved.sort(key=lambda u: (u.ref != upstream, not u.ref.startswith(remote), u.ref))
     return {
         "remote": args.remote or "all",
-        "updated_refs": diff_refs(before, after),
-        "after": _state(out).state,
+        "updated_refs": moved,
+        "new_count": sum(u.change == "new" for u in moved),
+        "updated_count": sum(u.change == "updated" for u in moved),
+        "deleted_count": sum(u.change == "deleted" for u in moved),
+        "refs_truncated": False,
+        "after": state,
     }
 
 
@@ -404,12 +466,14 @@ def _history(out: ScriptOutput, args: NoArgs) -> dict[str, Any]:
     count = _stdout(out, "count").strip() if moved and old else "0"
     if not count.isdigit():
         raise UnparseableOutput(f"the commit count is not a number: {count[:80]!r}")
+    commits = parse_commits(_stdout(out, "log")) if moved and old else []
     return {
         "old_head": old,
         "new_head": new,
         "up_to_date": not moved,
-        "commits": parse_commits(_stdout(out, "log")) if moved and old else [],
+        "commits": commits,
         "commit_count": int(count),
+        "commits_truncated": len(commits) < int(count),
         "after": _state(out).state,
     }
 
@@ -515,19 +579,37 @@ def _parse_push(out: ScriptOutput, args: PushArgs) -> dict[str, Any]:
     return {
         "remote": args.remote,
         "refs": refs,
+        "ref_count": len(refs),
+        "refs_truncated": False,
         "up_to_date": all(r.status == "up_to_date" for r in refs),
     }
 
 
 # --------------------------------------------------------------------------- wandb
 
-# Lists <dir>/offline-run-* as "<name>\t<KiB>\t<synced 0|1>". A run counts as synced when
-# run-<id>.wandb.synced sits next to run-<id>.wandb, which is what `wandb sync` writes.
+# Lists <dir>/offline-run-* as "<name>\t<KiB>\t<synced 0|1>", in a few processes whatever
+# the number of runs (one du for all). A run counts as synced when run-<id>.wandb.synced
+# sits next to run-<id>.wandb, which is what `wandb sync` writes.
 LIST_RUNS = (
-    'for d in "$1"/offline-run-*; do [ -d "$d" ] || continue; n=${d##*/}; i=${n##*-}; '
-    'if [ -e "$d/run-$i.wandb.synced" ]; then y=1; else y=0; fi; '
-    'k=$(du -sk -- "$d" 2>/dev/null | cut -f1); '
-    'printf "%s\\t%s\\t%s\\n" "$n" "${k:-0}" "$y"; done'
+    'cd -- "$1" 2>/dev/null || exit 0; '
+    "{ du -sk -- offline-run-*/ 2>/dev/null; echo --; "
+    'for d in offline-run-*; do [ -d "$d" ] || continue; i=${d##*-}; '
+    'if [ -e "$d/run-$i.wandb.synced" ]; then printf \'%s\\t1\\n\' "$d"; '
+    "else printf '%s\\t0\\n' \"$d\"; fi; done; } | "
+    "awk -F '\\t' '$0 == \"--\" {p = 1; next} "
+    '!p {sub("/$", "", $2); k[$2] = $1; next} '
+    '{print $1 "\\t" (k[$1] + 0) "\\t" $2}\''
+)
+# Uploads the runs named in its arguments, one `wandb sync` each, in order, skipping any
+# synced meanwhile; prints what became of each, and "aexp-run: k/n name" on stderr as each
+# is done (the progress the relay reports). Stops at the first failure.
+SYNC_RUNS = (
+    'd=$1; shift; n=$#; k=0; for r in "$@"; do k=$((k+1)); '
+    'if [ ! -d "$d/$r" ]; then printf \'missing %s\\n\' "$r"; exit 3; fi; '
+    'if [ -e "$d/$r/run-${r##*-}.wandb.synced" ]; then '
+    "printf 'skipped %s\\n' \"$r\"; continue; fi; "
+    '{WANDB} sync "$d/$r" </dev/null || { _x=$?; printf \'failed %s\\n\' "$r"; exit $_x; }; '
+    'printf \'uploaded %s\\n\' "$r"; printf \'aexp-run: %s/%s %s\\n\' "$k" "$n" "$r" >&2; done'
 )
 
 
@@ -542,9 +624,9 @@ def wandb_words(command: str) -> tuple[str, ...]:
     return words
 
 
-def _home_word(word: str) -> Word:
-    # A path starting with ~/ must expand on the login node: everything after it is quoted.
-    return Raw(quote_repo(word)) if word == "~" or word.startswith("~/") else word
+def _path_word(word: str) -> Word:
+    # ~/ and $NAME expand on the login node; everything else in the path is quoted.
+    return Raw(quote_path(word)) if expands(word) else word
 
 
 def run_path(ctx: BuildContext, run: str) -> str:
@@ -552,69 +634,95 @@ def run_path(ctx: BuildContext, run: str) -> str:
     return f"{ctx.wandb_dir.rstrip('/')}/{run}"
 
 
-def wandb_sync_argv(ctx: BuildContext, runs: list[str]) -> list[Word]:
-    return [
-        *(_home_word(w) if i == 0 else w for i, w in enumerate(ctx.wandb_words)),
-        "sync",
-        *(_home_word(run_path(ctx, r)) for r in runs),
-    ]
+def _wandb_program(ctx: BuildContext) -> list[Word]:
+    return [_path_word(w) if i == 0 else w for i, w in enumerate(ctx.wandb_words)]
 
 
 def display_wandb_command(ctx: BuildContext, runs: list[str]) -> str:
-    return render_words(wandb_sync_argv(ctx, runs))
+    """The command for the first run; the same runs for each of them in turn."""
+    if not runs:
+        return ""
+    return render_words([*_wandb_program(ctx), "sync", _path_word(run_path(ctx, runs[0]))])
 
 
 def _wandb_probe(ctx: BuildContext) -> str:
-    prog = render_words([_home_word(ctx.wandb_words[0])])
+    prog = render_words([_path_word(ctx.wandb_words[0])])
     return f"b wandb; command -v {prog} >/dev/null 2>&1; e wandb $?"
 
 
 def build_wandb_preview(args: WandbSyncArgs, ctx: BuildContext) -> Script:
-    directory = render_words([_home_word(ctx.wandb_dir)])
+    directory = render_words([_path_word(ctx.wandb_dir)])
     return _seq(
-        f"b wandb_dir; [ -d {directory} ]; e wandb_dir $?",
-        step("runs", "sh", "-c", LIST_RUNS, "sh", _home_word(ctx.wandb_dir)),
+        f"{variables_set(ctx.wandb_dir)}b wandb_dir; [ -d {directory} ]; e wandb_dir $?",
+        step("runs", "sh", "-c", LIST_RUNS, "sh", _path_word(ctx.wandb_dir)),
         _wandb_probe(ctx),
     )
 
 
 @dataclass(frozen=True)
 class WandbListing:
-    wanted: list[WandbRun]
+    """What the wandb directory holds, and which of it the call's arguments select."""
+
+    wanted: list[WandbRun]  # selected and not synced, by name, limit applied
+    skipped: list[str]  # named explicitly, but synced already
+    missing: list[str]  # named explicitly, but not there
     all_runs: int
+    unsynced: int
     wandb_available: bool
     dir_exists: bool
 
 
 def parse_wandb_preview(out: ScriptOutput, args: WandbSyncArgs) -> WandbListing:
     listed = parse_wandb_runs(_stdout(out, "runs"))
-    wanted = (
-        [r for r in listed if not r.synced]
-        if args.runs is None
-        else [r for r in listed if r.name in set(args.runs)]
-    )
+    names = {r.name for r in listed}
+    selected = [r for r in listed if args.selects(r.name)]
+    wanted = [r for r in selected if not r.synced]
     return WandbListing(
-        wanted=wanted,
+        wanted=wanted[: args.limit] if args.limit is not None else wanted,
+        skipped=[r.name for r in selected if r.synced and args.runs is not None],
+        missing=sorted(set(args.runs or ()) - names),
         all_runs=len(listed),
+        unsynced=sum(not r.synced for r in listed),
         wandb_available=out.require("wandb").exit_code == 0,
         dir_exists=out.require("wandb_dir").exit_code == 0,
     )
 
 
 def _build_wandb_sync(args: WandbSyncArgs, ctx: BuildContext) -> Script:
-    runs = args.runs or []
-    checks = [guard("run_not_found", "test", "-d", _home_word(run_path(ctx, r))) for r in runs]
-    prog = render_words([_home_word(ctx.wandb_words[0])])
+    # args.runs is the exact list the preview selected (the relay pins it before this).
+    prog = render_words([_path_word(ctx.wandb_words[0])])
+    loop = SYNC_RUNS.replace("{WANDB}", render_words(_wandb_program(ctx)))
     return _seq(
-        *checks,
-        f"command -v {prog} >/dev/null 2>&1 || f wandb_missing",
-        step("sync", *wandb_sync_argv(ctx, runs)),
+        f"{variables_set(ctx.wandb_dir)}command -v {prog} >/dev/null 2>&1 || f wandb_missing",
+        step("sync", "sh", "-c", loop, "sh", _path_word(ctx.wandb_dir), *(args.runs or [])),
     )
+
+
+def parse_sync_lines(text: str) -> dict[str, list[str]]:
+    """The sync loop's account: uploaded, skipped, failed and missing runs, in order."""
+    seen: dict[str, list[str]] = {"uploaded": [], "skipped": [], "failed": [], "missing": []}
+    for line in text.splitlines():
+        word, _, name = line.partition(" ")
+        if word in seen and RUN_NAME_RE.match(name):
+            seen[word].append(name)
+    return seen
 
 
 def _parse_wandb_sync(out: ScriptOutput, args: WandbSyncArgs) -> dict[str, Any]:
     sec = out.require("sync")
-    return {"synced": list(args.runs or []), "output_tail": tail(sec.stdout + sec.stderr, 10)}
+    seen = parse_sync_lines(sec.stdout)
+    if len(seen["uploaded"]) + len(seen["skipped"]) != len(args.runs or []):
+        raise UnparseableOutput(
+            f"the upload accounted for {len(seen['uploaded']) + len(seen['skipped'])} of "
+            f"{len(args.runs or [])} runs"
+        )
+    return {
+        "synced": seen["uploaded"],
+        "synced_count": len(seen["uploaded"]),
+        "already_synced": len(seen["skipped"]),
+        "runs_truncated": False,
+        "output_tail": tail(sec.stderr + sec.stdout, 10),
+    }
 
 
 # --------------------------------------------------------------------------- connection check
@@ -626,6 +734,7 @@ def build_check(ctx: BuildContext) -> Script:
     if ctx.repo:
         parts += [
             enter_repo(ctx.repo),
+            "b resolved; pwd; e resolved 0",  # the path as the login node resolved it
             step("inside", "git", "rev-parse", "--is-inside-work-tree"),
             step("branch", "git", "symbolic-ref", "--short", "-q", "HEAD"),
         ]
@@ -742,15 +851,17 @@ OPS: dict[str, OpSpec] = {
         OpSpec(
             name="wandb_sync",
             summary="Upload offline wandb runs (from the repo's wandb/, or AEXP_RELAY_WANDB_DIR). "
-            "Consent op: "
-            "without approval nothing is uploaded and a preview is returned.",
+            "Consent op: without approval nothing is uploaded and a preview is returned (exact "
+            "counts and sizes; a sweep's run list is cut, and match, after_run, to_run and limit "
+            "page through it). Uploads one run at a time with progress; runs synced already are "
+            "skipped, and an upload cut short says which runs are left and how to continue.",
             args_model=WandbSyncArgs,
             mutating=True,
             consent=True,
             default_timeout=DEFAULT_WANDB_TIMEOUT,
             commands=(
-                "preview: list <wandb dir>/offline-run-* with du -sk and run-<id>.wandb.synced",
-                "<wandb> sync <wandb dir>/<run> ...",
+                "preview: du -sk <wandb dir>/offline-run-*/ and run-<id>.wandb.synced markers",
+                "for each selected run not synced yet, by name: <wandb> sync <wandb dir>/<run>",
             ),
             build=_build_wandb_sync,
             parse=_parse_wandb_sync,

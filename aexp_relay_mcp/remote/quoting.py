@@ -10,6 +10,8 @@ import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ..model.targets import path_parts
+
 
 def quote(word: str) -> str:
     """The only quoting function: one shell word the remote sh sees literally."""
@@ -30,11 +32,22 @@ def render_words(words: Iterable[Word]) -> str:
     return " ".join(w.text if isinstance(w, Raw) else quote(w) for w in words)
 
 
-def quote_repo(path: str) -> str:
-    """Quote a repo path; a leading ``~/`` stays unquoted so the remote shell expands it."""
-    if path == "~":
-        return "~"
-    if path.startswith("~/"):
-        rest = path[2:]
-        return "~/" + quote(rest) if rest else "~/"
-    return quote(path)
+def quote_path(path: str) -> str:
+    """A path on the login node as one shell word: literal text through ``quote()``; a
+    leading ``~/`` and ``$NAME`` / ``${NAME}`` references left for the login shell to expand
+    (a variable double-quoted: its value is never split or globbed). The path must have
+    passed ``model.targets`` validation."""
+    words = []
+    for kind, text in path_parts(path):
+        if kind == "home":
+            words.append(text)
+        elif kind == "var":
+            words.append(f'"${{{text}}}"')
+        else:
+            words.append(quote(text))
+    return "".join(words)
+
+
+def expands(path: str) -> bool:
+    """Whether the login shell changes anything in path (~, or a variable)."""
+    return any(kind != "text" for kind, _ in path_parts(path))

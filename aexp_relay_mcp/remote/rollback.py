@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass
 
 from ..model.results import InterruptedOp
-from .quoting import quote, quote_repo
+from .quoting import quote, quote_path
 
 # How long the login node lets a cut op undo itself (TERM to KILL), and how long the relay
 # waits for it. An undo rewrites only the files the step touched; filters (git-lfs) run.
@@ -204,7 +204,7 @@ def parse_reports(text: str) -> list[InterruptedOp]:
 
 def restore_commands(report: UndoReport, repo: str) -> list[str]:
     """What a person runs on the login node to put the checkout back as before the op."""
-    cd = f"cd {quote_repo(repo)}"
+    cd = f"cd {quote_path(repo)}"
     old, target = report.old, report.target
     branch = report.branch or ""
     if not old:

@@ -27,7 +27,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .quoting import Word, quote, quote_repo, render_words
+from ..model.targets import path_variables
+from .quoting import Word, quote, quote_path, render_words
 
 _STEP_NAME_RE = re.compile(r"^[a-z_]+$")
 
@@ -99,10 +100,25 @@ def build_script(body: Script, repo: str, nonce: str, *, enter: bool = True) -> 
     )
 
 
+def variables_set(path: str) -> str:
+    """Shell that stops with ``path_variable_unset`` (the name in step ``unset``) when a
+    variable the path uses is unset or empty on the login node. "" for a path without."""
+    return "".join(
+        f'[ -n "${{{name}:-}}" ] || {{ b unset; printf %s {name}; e unset 1; '
+        "f path_variable_unset; }; "
+        for name in path_variables(path)
+    )
+
+
 def enter_repo(repo: str) -> str:
-    """cd into the repo, failing with a precise kind when it is missing or not a directory."""
-    r = quote_repo(repo)
+    """cd into the repo, failing with a precise kind when a variable it uses is unset, it is
+    not absolute once expanded, missing, or not a directory."""
+    r = quote_path(repo)
+    absolute = (
+        f"case {r} in /*) ;; *) f repo_not_absolute ;; esac; " if path_variables(repo) else ""
+    )
     return (
+        f"{variables_set(repo)}{absolute}"
         f"[ -e {r} ] || f repo_missing; [ -d {r} ] || f repo_not_dir; "
         f"cd -- {r} 2>/dev/null || f repo_inaccessible"
     )

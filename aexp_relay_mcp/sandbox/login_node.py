@@ -15,9 +15,10 @@ from types import TracebackType
 from ..model.config import RelayConfig
 from ..ssh.procs import process_table
 from .account import MFA_PASSWORD, Account, LoginUser, current_user, login_user, set_password
+from .delay_proxy import DelayProxy
 from .repos import Repos
 from .sshd import SandboxError, SshServer, free_port, sshd_available
-from .wandb_stub import install_wandb, make_runs
+from .wandb_stub import install_wandb, make_runs, make_sweep
 
 # A power user's settings in the checkout's own config (the rest are in ~/.gitconfig).
 POWER_REPO_CONFIG = (
@@ -38,6 +39,7 @@ CLOSED_ALIAS = "aexp-sandbox-closed"
 BASTION_ALIAS = "aexp-sandbox-bastion"
 JUMP_ALIAS = "aexp-sandbox-jump"
 MFA_ALIAS = "aexp-sandbox-mfa"
+FAR_ALIAS = "aexp-sandbox-far"
 
 # Used only when sshd is missing, and always labelled: NOT ssh. It drops ssh's
 # options and the host, then runs the remote command with the local sh.
@@ -179,6 +181,8 @@ class Sandbox:
                 "HOME": str(self.account.home),
                 "PATH": self.remote_path,
                 "GIT_CONFIG_SYSTEM": str(self.account.system_gitconfig),
+                # as clusters set it for every session: where big files go
+                "SCRATCH": str(self.remote_dir),
             }
             if not server.running:
                 server.start()
@@ -281,6 +285,70 @@ class Sandbox:
             os.chmod(dirpath, 0o755)
             for name in filenames:
                 os.chown(os.path.join(dirpath, name), 0, 0)
+
+    def at_lab_scale(
+        self, *, refs: int = 5000, runs: int = 2000, files: int = 10000, commits: int = 2000
+    ) -> dict[str, int]:
+        """A busy lab: ``refs`` new branches on origin (CI and bot branches), ``commits``
+        new commits upstream, a sweep of ``runs`` offline runs, and ``files`` changed files
+        in the checkout (job outputs nobody ignored). Returns what it made."""
+        # commits upstream, quickly: git fast-import in the other clone
+        head = self.head(self.other)
+        stream = []
+        for i in range(commits):
+            stream += [
+                "commit refs/heads/main",
+                f"committer Bot <bot@example.invalid> {1767225600 + i} +0000",
+                f"data <<END\nbot: step {i}\nEND",
+                *([f"from {head}"] if i == 0 else []),
+                f"M 644 inline bot/step-{i % 50}.txt",
+                f"data <<END\n{i}\nEND",
+                "",
+            ]
+        self._git_input(self.other, "\n".join(stream) + "\n", "fast-import", "--quiet")
+        self.git(self.other, "reset", "-q", "--hard", "main")
+        self.git(self.other, "push", "-q", "origin", "main")
+        upstream = self.head(self.other)
+        lines = "".join(f"create refs/heads/ci/job-{i:05d} {upstream}\n" for i in range(refs))
+        self._git_input(self.origin, lines, "update-ref", "--stdin")
+        for i in range(files):
+            (self.cluster / f"job-{i:05d}.out").write_text(f"step {i}\n")
+        self.repos.own(self.cluster)
+        make_sweep(self.cluster / "wandb", runs, self.repos)
+        return {"refs": refs, "runs": runs, "files": files, "commits": commits}
+
+    def _git_input(self, cwd: Path, text: str, *args: str) -> None:
+        """git with text on stdin, as the login user."""
+        switch = os.geteuid() == 0 and self.user.uid != 0
+        subprocess.run(
+            ["git", *args],
+            cwd=cwd,
+            env=self.git_env(),
+            input=text.encode(),
+            check=True,
+            capture_output=True,
+            user=self.user.uid if switch else None,
+            group=self.user.gid if switch else None,
+            extra_groups=[] if switch else None,
+        )
+
+    @contextlib.contextmanager
+    def far_away(self, rtt_ms: float) -> Iterator[str]:
+        """An alias of the login node behind a proxy that delays every byte (rtt_ms a round
+        trip): a login node across a campus, on loopback."""
+        with DelayProxy(self.port, rtt_ms) as proxy:
+            d = self.ssh_dir
+            host_key = " ".join((d / "host_ed25519.pub").read_text().split()[:2])
+            with open(d / "known_hosts", "a") as known:
+                known.write(f"[127.0.0.1]:{proxy.port} {host_key}\n")
+            with open(self.ssh_config, "a") as config:
+                config.write(
+                    f"Host {FAR_ALIAS}\n    HostName 127.0.0.1\n    Port {proxy.port}\n"
+                    f"    User {self.user.name}\n    IdentityFile {d}/client_ed25519\n"
+                    f"    IdentitiesOnly yes\n    IdentityAgent none\n"
+                    f"    UserKnownHostsFile {d}/known_hosts\n"
+                )
+            yield FAR_ALIAS
 
     def undo_reports(self) -> dict[str, str]:
         """Reports the undo of cut ops left in the checkout: request id -> text."""

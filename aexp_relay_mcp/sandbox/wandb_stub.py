@@ -7,15 +7,19 @@ from pathlib import Path
 from .repos import Repos
 
 WANDB_STUB = """#!/bin/sh
-# Stub wandb for the aexp sandbox: records its argv, marks synced runs as wandb does.
+# Stub wandb for the aexp sandbox: records its argv, marks synced runs as wandb does, and
+# records each run it finished ("done <dir>" in {log}.done). An upload takes as long as
+# the file {log}.delay says (seconds), when it exists: a real run's upload.
 printf '%s\\n' "$*" >> "{log}"
 [ "$1" = sync ] || exit 0
 shift
 for d in "$@"; do
   case "$d" in -*) continue ;; esac
   [ -d "$d" ] || {{ echo "wandb: no such run directory: $d" >&2; exit 1; }}
+  [ -f "{log}.delay" ] && sleep "$(cat "{log}.delay")"
   id=${{d##*-}}
   : > "$d/run-$id.wandb.synced"
+  printf 'done %s\\n' "$d" >> "{log}.done"
   echo "Syncing: $d ... done."
 done
 """
@@ -36,6 +40,19 @@ def make_runs(directory: Path, count: int, repos: Repos, *, synced_last: bool = 
         repos.write(run / f"run-run{i}.wandb", "x" * (4096 * (i + 1)))
         if synced_last and i == count - 1:
             repos.write(run / f"run-run{i}.wandb.synced", "")
+        names.append(name)
+    repos.own(directory)
+    return names
+
+
+def make_sweep(directory: Path, count: int, repos: Repos, *, size: int = 1024) -> list[str]:
+    """A hyperparameter sweep: ``count`` offline runs of ``size`` bytes, none synced."""
+    names = []
+    for i in range(count):
+        name = f"offline-run-20260301_{i // 60:04d}{i % 60:02d}-sweep{i:05d}"
+        run = directory / name
+        run.mkdir(parents=True)
+        (run / f"run-sweep{i:05d}.wandb").write_bytes(b"x" * size)
         names.append(name)
     repos.own(directory)
     return names

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -37,12 +38,22 @@ class InitOutcome:
     entry: dict[str, Any]
 
 
+# Claude Code expands ${NAME} in .mcp.json values on *your* machine; $NAME it leaves alone,
+# for the login node to expand.
+_BRACED = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}(?![A-Za-z0-9_])")
+
+
+def for_mcp_json(path: str) -> str:
+    """A repo path as .mcp.json must hold it: ${SCRATCH}/x as $SCRATCH/x."""
+    return _BRACED.sub(r"$\1", path)
+
+
 def desired_entry(host: str, repo: str) -> dict[str, Any]:
     command, args = server_command()
     return {
         "command": command,
         "args": args,
-        "env": {"AEXP_RELAY_SSH_HOST": host, "AEXP_RELAY_REMOTE_REPO": repo},
+        "env": {"AEXP_RELAY_SSH_HOST": host, "AEXP_RELAY_REMOTE_REPO": for_mcp_json(repo)},
     }
 
 

@@ -12,7 +12,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
                 "--run", action="append", dest="runs", metavar="NAME",
                 help="an offline-run-* directory under wandb/ (repeatable; default: all unsynced)",
             )  # fmt: skip
+            p.add_argument("--match", metavar="GLOB", help="only runs whose name matches")
+            p.add_argument("--after-run", dest="after_run", metavar="NAME",
+                           help="only runs named after this one (pages on)")  # fmt: skip
+            p.add_argument("--to-run", dest="to_run", metavar="NAME",
+                           help="only runs named up to this one")  # fmt: skip
+            p.add_argument("--limit", type=int, metavar="N", help="at most N runs, by name")
             p.add_argument("--approve", action="store_true", help="upload (without it: preview)")
     init = sub.add_parser("init", help="register the server in .mcp.json; print the ssh set-up")
     init.add_argument("--host", required=True, help="ssh host or alias of the login node")
@@ -216,7 +222,7 @@ def _run_op(args: argparse.Namespace) -> int:
         else:
             op = OP_VERBS[args.verb][0]
             op_args: dict[str, Any] = {}
-            for name in ("remote", "branch", "runs"):
+            for name in ("remote", "branch", "runs", "match", "after_run", "to_run", "limit"):
                 value = getattr(args, name, None)
                 if value is not None:
                     op_args[name] = value
@@ -228,6 +234,7 @@ def _run_op(args: argparse.Namespace) -> int:
                     remote_repo=args.repo,
                     approve=bool(getattr(args, "approve", False)),
                     timeout=args.timeout,
+                    on_progress=_progress_line(sys.stderr) if op == "wandb_sync" else None,
                 )
             )
     except RelayError as exc:
@@ -237,6 +244,21 @@ def _run_op(args: argparse.Namespace) -> int:
     else:
         print(render_result(result, _style(sys.stdout)))
     return status_exit_code(result) if args.verb == "status" else EXIT_OK
+
+
+def _progress_line(stream: Any) -> Callable[[float, str], None]:
+    """Progress as a line on stderr: rewritten in place on a terminal, one per step
+    otherwise (a log keeps each)."""
+    tty = stream.isatty()
+
+    def show(percent: float, message: str) -> None:
+        text = f"{percent:5.1f}%  {message}"
+        stream.write(f"\r\033[K{text}" if tty else f"{text}\n")
+        if tty and percent >= 100:
+            stream.write("\n")
+        stream.flush()
+
+    return show
 
 
 def _init(args: argparse.Namespace) -> int:

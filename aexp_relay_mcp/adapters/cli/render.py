@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 from pydantic import BaseModel
 
 from ...model.errors import RelayError, Surface
@@ -87,15 +89,24 @@ def render_repo_status(r: RepoStatus, s: Style) -> str:
     return "\n".join(lines)
 
 
+REFS_SHOWN = 10
+
+
 def render_fetch(r: FetchResult, s: Style) -> str:
-    if not r.updated_refs:
+    total = r.new_count + r.updated_count + r.deleted_count
+    if not total:
         moved = "nothing new"
     else:
         moved = ", ".join(
             f"{u.ref} {u.change}"
             + (f" {short(u.old)}..{short(u.new)}" if u.change == "updated" else "")
-            for u in r.updated_refs
+            for u in r.updated_refs[:REFS_SHOWN]
         )
+        if total > REFS_SHOWN:
+            moved += s.dim(
+                f" ... {total} refs in all: {r.new_count} new, {r.updated_count} updated, "
+                f"{r.deleted_count} deleted"
+            )
     return f"fetched {r.remote}: {moved}\nnow {branch_line(r.after)}"
 
 
@@ -124,11 +135,18 @@ def render_push(r: PushResult, s: Style) -> str:
 
 def render_preview(p: WandbPreview, s: Style) -> str:
     lines = [
-        f"Would upload {len(p.runs)} offline run(s), {human_size(p.total_bytes)}, from "
+        f"Would upload {p.run_count} offline run(s), {human_size(p.total_bytes)}, from "
         f"{p.wandb_dir}:"
     ]
-    lines += [f"  {run.name}  {human_size(run.size_bytes)}" for run in p.runs]
-    lines.append(f"Command on the login node: {p.command}")
+    lines += [f"  {run.name}  {human_size(run.size_bytes)}" for run in p.runs[:FILES_SHOWN]]
+    if p.run_count > FILES_SHOWN:
+        lines.append(
+            s.dim(
+                f"  ... and {p.run_count - FILES_SHOWN} more, up to {p.last_run} "
+                "(--json lists more; --match, --after-run, --to-run, --limit narrow it)"
+            )
+        )
+    lines.append(f"Command on the login node, once per run: {p.command}")
     if not p.wandb_available:
         lines.append(s.bad("wandb was not found on the login node (set AEXP_RELAY_WANDB)."))
     lines.append("Nothing was uploaded. Run again with --approve to upload.")
@@ -136,9 +154,11 @@ def render_preview(p: WandbPreview, s: Style) -> str:
 
 
 def render_wandb(r: WandbSyncResult, s: Style) -> str:
-    if not r.synced:
+    if not r.synced_count:
         return r.output_tail
-    return f"uploaded {len(r.synced)} run(s): {', '.join(r.synced)}\n{s.dim(r.output_tail)}"
+    names = ", ".join(r.synced[:FILES_SHOWN]) + (" ..." if r.synced_count > FILES_SHOWN else "")
+    skipped = f" ({r.already_synced} synced already, skipped)" if r.already_synced else ""
+    return f"uploaded {r.synced_count} run(s){skipped}: {names}\n{s.dim(r.output_tail)}"
 
 
 def render_status(r: ConnectionStatus, s: Style) -> str:
@@ -199,6 +219,17 @@ def render_error(exc: RelayError, surface: Surface, s: Style) -> str:
     files = exc.details.get("conflicted_files")
     if files:
         lines.append("conflicted files: " + ", ".join(files))
+    commands = exc.details.get("restore_commands")
+    if commands:
+        lines.append("to restore it on the login node:\n  " + "\n  ".join(commands))
+    go_on = exc.details.get("continue_with")
+    if go_on:
+        words = [surface.op_label(exc.op or "wandb_sync")]
+        for key, value in go_on.items():
+            flag = surface.arg_label(key)
+            values = value if isinstance(value, list) else [value]
+            words += [flag if v is True else f"{flag} {shlex.quote(str(v))}" for v in values]
+        lines.append("to continue: " + " ".join(words))
     if exc.stderr_tail:
         lines.append(s.dim("stderr:\n" + exc.stderr_tail))
     return "\n".join(lines)

@@ -63,6 +63,10 @@ CLI_FLAGS = {
     "remote": "--remote",
     "branch": "--branch",
     "runs": "--run",
+    "match": "--match",
+    "after_run": "--after-run",
+    "to_run": "--to-run",
+    "limit": "--limit",
     "approve": "--approve",
 }
 

@@ -38,11 +38,15 @@ class ConsentState:
 
 def describe_preview(preview: WandbPreview, host: str, repo: str) -> str:
     lines = [
-        f"Upload {len(preview.runs)} offline wandb run(s), {human_size(preview.total_bytes)}, "
+        f"Upload {preview.run_count} offline wandb run(s), {human_size(preview.total_bytes)}, "
         f"from {host}:{repo} to Weights & Biases?"
     ]
     lines += [f"  - {r.name} ({human_size(r.size_bytes)})" for r in preview.runs]
-    lines.append(f"Command: {preview.command}")
+    if preview.run_count > len(preview.runs):
+        lines.append(
+            f"  ... and {preview.run_count - len(preview.runs)} more, up to {preview.last_run}"
+        )
+    lines.append(f"Command: {preview.command} (once per run)")
     return "\n".join(lines)
 
 
@@ -54,11 +58,11 @@ ASK_THE_USER = (
 
 def decide_consent(
     config: RelayConfig, approve: bool, answer: Any, uploads: Any
-) -> tuple[bool, list[str] | None]:
-    """Whether the upload is approved, and which runs. In elicit mode only the human can
-    say yes, and only to the runs the question showed; every other answer is its own
-    ConsentError: declined (their decision), cancelled (nobody decided), unavailable (the
-    client cannot ask)."""
+) -> tuple[bool, dict[str, Any] | None]:
+    """Whether the upload is approved, and the arguments that pin it to the runs the
+    question showed (the same selection, up to its last run). In elicit mode only the human
+    can say yes; every other answer is its own ConsentError: declined (their decision),
+    cancelled (nobody decided), unavailable (the client cannot ask)."""
     if config.consent != "elicit":
         return approve, None
     # A resolver that did not ask returns its ConsentState; the SDK hands it back as data.
@@ -81,7 +85,7 @@ def decide_consent(
     action = getattr(answer, "action", None)
     data = getattr(answer, "data", None)
     if action == "accept" and isinstance(data, ApproveUpload) and data.approve and shown:
-        return True, [run.name for run in shown.runs]
+        return True, {"to_run": shown.last_run}
     if action == "cancel":
         raise ConsentError(
             "The question was dismissed, or nobody could answer it (a non-interactive client "
@@ -111,6 +115,10 @@ def consent_resolvers(
         runs: list[str] | None,
         ssh_host: str | None,
         remote_repo: str | None,
+        match: str | None = None,
+        after_run: str | None = None,
+        to_run: str | None = None,
+        limit: int | None = None,
     ) -> ConsentState:
         if config.consent != "elicit":
             return ConsentState("agent_mode")
@@ -120,7 +128,15 @@ def consent_resolvers(
         if caps is None or caps.elicitation is None:
             return ConsentState("cannot_elicit")
         try:
-            preview = await client.wandb_preview(runs, ssh_host=ssh_host, remote_repo=remote_repo)
+            preview = await client.wandb_preview(
+                runs,
+                ssh_host=ssh_host,
+                remote_repo=remote_repo,
+                match=match,
+                after_run=after_run,
+                to_run=to_run,
+                limit=limit,
+            )
         except RelayError as exc:
             return ConsentState("error", error=exc)
         return ConsentState("ask" if preview.runs else "nothing_to_upload", preview=preview)

@@ -128,7 +128,7 @@ async def airgapped_push(tools: Tools, call: ToolCall) -> CallToolResult:
 async def airgapped_wandb_sync(tools: Tools, call: ToolCall) -> CallToolResult:
     """Consent op: in elicit mode the human's answer decides, and pins the runs uploaded."""
     try:
-        approve, runs = decide_consent(tools.config, call.approve, call.answer, call.uploads)
+        approve, pinned = decide_consent(tools.config, call.approve, call.answer, call.uploads)
     except ConsentError as exc:
         tools.client.record_refusal(
             "wandb_sync",
@@ -138,8 +138,8 @@ async def airgapped_wandb_sync(tools: Tools, call: ToolCall) -> CallToolResult:
             remote_repo=call.remote_repo,
         )
         raise
-    if runs is not None:
-        call.op_args["runs"] = runs
+    if pinned is not None:
+        call.op_args.update(pinned)
     return await tools.run_op("wandb_sync", call, approve=approve)
 
 

@@ -61,7 +61,7 @@ class CommonArgs(BaseModel):
     timeout: float | None = Field(
         default=None,
         description="Seconds before the call is stopped, locally and on the host. "
-        "Default: 60 (wandb_sync 600), or AEXP_RELAY_TIMEOUT.",
+        "Default: 60, or AEXP_RELAY_TIMEOUT; wandb_sync 600, or 120 + 60 per run for more.",
     )
 
 

@@ -179,8 +179,11 @@ async def sandbox_sweep(sweep: Sweep, sb: Sandbox) -> None:
         err, data = await sweep.call(tool_name("wandb_sync"), {"approve": True})
         expect(not err and len(data.get("synced", [])) == 2, str(data))
         calls = sb.wandb_log.read_text().splitlines()
-        expect(len(calls) == 1 and calls[0].startswith("sync wandb/offline-run-"), str(calls))
-        return f"uploaded {len(data['synced'])} runs with the previewed command"
+        expect(
+            len(calls) == 2 and all(c.startswith("sync wandb/offline-run-") for c in calls),
+            str(calls),
+        )
+        return f"uploaded {len(data['synced'])} runs, one previewed command each"
 
     for name, body in [
         ("tools/list", lambda: _check_tools(sweep)),
