@@ -1,7 +1,10 @@
 """A control socket another local account listens on, answering OpenSSH's mux protocol
 (PROTOCOL.mux) as a master would, and writing down everything it is sent.
 
-    python tests/foreign_master.py <socket path> <log file>
+    python tests/foreign_master.py <socket path> <log file> <uid> <gid>
+
+Started as root, it becomes that other account (uid, gid) before it binds the socket, so
+the socket is that account's, as if its owner had started it.
 
 Each event is one JSON line in the log: a connection, the bytes of each packet, and every
 descriptor passed. A relay that vouches for masters never produces one.
@@ -53,6 +56,9 @@ def serve(conn: socket.socket, logfile: str) -> None:
 
 def main() -> None:
     path, logfile = sys.argv[1], sys.argv[2]
+    os.setgroups([])
+    os.setgid(int(sys.argv[4]))
+    os.setuid(int(sys.argv[3]))
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(16)

@@ -22,6 +22,11 @@ class OpResult(_Frozen):
     host: str = Field(description="The ssh host it ran on.")
     repo: str = Field(description="The repo path on the host.")
     duration_s: float = Field(description="Wall time of the call in seconds.")
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What works but needs your attention, with what to change (e.g. an ssh "
+        "control socket of another user's that the relay passed over).",
+    )
 
 
 class FileEntry(_Frozen):

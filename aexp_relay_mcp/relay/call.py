@@ -61,6 +61,7 @@ class Call:
         # whose script rolls itself back); 0 for ops that just end.
         self.undo_s = 0.0
         self.trace: dict[str, Any] = {}
+        self.warnings: list[str] = []  # what the caller should know: a socket passed over
         self._began = False
         self._execution: Execution | None = None
         self._local_pids: set[int] = set()
@@ -150,6 +151,10 @@ class Call:
         finally:
             self._execution = None
         self.trace.update(multiplexed=run.multiplexed, via=run.via)
+        for warning in run.warnings:
+            if warning not in self.warnings:
+                self.warnings.append(warning)
+                self.trace["warnings"] = list(self.warnings)
         return run
 
     def _started(self, execution: Execution) -> None:

@@ -120,6 +120,8 @@ class CallRunner:
     def fail(self, call: Call, exc: RelayError) -> None:
         exc.request_id = exc.request_id or call.request_id
         exc.op = exc.op or call.op
+        if call.warnings:
+            exc.details.setdefault("warnings", list(call.warnings))
         if isinstance(exc, RelayTimeoutError):
             exc.details.setdefault("timeout_s", round(call.deadline - call.started, 3))
         call.finish(outcome_of(exc), exc.kind, exc.exit_code)
@@ -178,6 +180,7 @@ class CallRunner:
                 host=call.host or "",
                 repo=call.repo or "",
                 duration_s=round(call.elapsed, 4),
+                warnings=list(call.warnings),
                 **fields,
                 **extra,
             )

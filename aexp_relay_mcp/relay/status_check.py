@@ -27,6 +27,7 @@ from ..remote.failures import classify_git_failure, git_version_ok, guard_failur
 from ..remote.ops import build_check
 from ..remote.output import ScriptOutput
 from ..remote.script import marker, start_marker_command
+from ..ssh.masters import SharedConnection
 from .call import Call
 from .call_runner import CallRunner, check_timeout
 from .diagnose import fill, unset_variable
@@ -126,7 +127,15 @@ async def _reachable(
         login_shell_output=stream,
         login_shell_first_line=first_line,
         login_shell_ms=shell_ms,
-        warnings=login_shell_warnings(stream, first_line, shell_ms),
+        warnings=list(
+            dict.fromkeys(
+                [
+                    *login_shell_warnings(stream, first_line, shell_ms),
+                    *socket_warnings(host, shared),
+                    *call.warnings,
+                ]
+            )
+        ),
         problem=problem.kind if problem else None,
         hint=f"{problem.message} {fill(runner.surface.render(problem.hint), host, repo)}"
         if problem
@@ -209,6 +218,23 @@ async def _login_shell_ms(runner: CallRunner, call: Call) -> float | None:
     if not bare or not shells:
         return None
     return round(max(0.0, statistics.median(shells) - statistics.median(bare)) * 1000, 1)
+
+
+def socket_warnings(host: str, shared: SharedConnection) -> list[str]:
+    """The user's ControlPath: passed over (another account's socket), or in a directory
+    other users can write to, where nothing has happened yet."""
+    if shared.passed_over is not None:
+        return [shared.passed_over.warning(host, shared.control_path)]
+    if shared.shared_directory is not None:
+        return [
+            f"Your ssh ControlPath for {host} is in {shared.shared_directory}, which other "
+            "users can write to: another account could put a socket there first, and read "
+            "what is sent through it. The relay checks who owns a socket before it uses one "
+            "(and never hands such a path to a spawned ssh); plain ssh does not check. In "
+            f"~/.ssh/config, give {host} `ControlPath ~/.ssh/cm-%C` (a directory only you "
+            "can write)."
+        ]
+    return []
 
 
 def login_shell_warnings(

@@ -145,6 +145,7 @@ async def wandb_sync(
             runs_truncated=False,
             command=None,
             output_tail=said,
+            warnings=list(call.warnings),
         )
     if not approve:
         raise ConsentRequiredError(

@@ -24,7 +24,7 @@ When run as root, the sandbox logs in a dedicated user (``aexp-sbx``).
 
 from __future__ import annotations
 
-from .account import MFA_PASSWORD, LoginUser
+from .account import MFA_PASSWORD, LoginUser, intruder
 from .login_node import (
     BADKEY_ALIAS,
     BASTION_ALIAS,
@@ -34,6 +34,7 @@ from .login_node import (
     JUMP_ALIAS,
     MFA_ALIAS,
     NOAUTH_ALIAS,
+    SHARED_CP_ALIAS,
     UNKNOWNKEY_ALIAS,
     Sandbox,
 )
@@ -49,9 +50,11 @@ __all__ = [
     "MFA_ALIAS",
     "MFA_PASSWORD",
     "NOAUTH_ALIAS",
+    "SHARED_CP_ALIAS",
     "UNKNOWNKEY_ALIAS",
     "LoginUser",
     "Sandbox",
     "SandboxError",
+    "intruder",
     "sshd_available",
 ]

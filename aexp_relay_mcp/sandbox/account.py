@@ -165,6 +165,24 @@ def login_user() -> LoginUser:
     return LoginUser(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir)
 
 
+INTRUDER = "aexp-intruder"
+
+
+def intruder() -> LoginUser:
+    """Another local account on the user's own machine (root only; created once): the one
+    that listens at a shared ControlPath first."""
+    try:
+        pw = pwd.getpwnam(INTRUDER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/bin/sh", INTRUDER],
+            check=True,
+            capture_output=True,
+        )
+        pw = pwd.getpwnam(INTRUDER)
+    return LoginUser(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir)
+
+
 def set_password(user: LoginUser, password: str) -> None:
     """For the MFA stand-in (root only): sshd checks it against /etc/shadow."""
     subprocess.run(

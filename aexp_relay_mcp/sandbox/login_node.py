@@ -40,6 +40,7 @@ BASTION_ALIAS = "aexp-sandbox-bastion"
 JUMP_ALIAS = "aexp-sandbox-jump"
 MFA_ALIAS = "aexp-sandbox-mfa"
 FAR_ALIAS = "aexp-sandbox-far"
+SHARED_CP_ALIAS = "aexp-sandbox-sharedcp"
 
 # Used only when sshd is missing, and always labelled: NOT ssh. It drops ssh's
 # options and the host, then runs the remote command with the local sh.
@@ -331,6 +332,36 @@ class Sandbox:
             group=self.user.gid if switch else None,
             extra_groups=[] if switch else None,
         )
+
+    def shared_control_path(self) -> tuple[str, str]:
+        """An alias whose ControlPath is in a directory every local account can write to,
+        as ``ControlPath /tmp/cm-%r@%h:%p`` copied from a blog post: the alias, and the
+        socket path ssh makes of it."""
+        shared = self.root / "shared-tmp"
+        shared.mkdir(exist_ok=True)
+        os.chmod(shared, 0o1777)  # like /tmp
+        d = self.ssh_dir
+        with open(self.ssh_config) as config:
+            text = config.read()
+        if SHARED_CP_ALIAS not in text:
+            block = (
+                f"Host {SHARED_CP_ALIAS}\n    HostName 127.0.0.1\n    Port {self.port}\n"
+                f"    User {self.user.name}\n    IdentityFile {d}/client_ed25519\n"
+                f"    IdentitiesOnly yes\n    IdentityAgent none\n"
+                f"    UserKnownHostsFile {d}/known_hosts\n"
+                f"    ControlPath {shared}/cm-%r@%h:%p\n"
+            )
+            self.ssh_config.write_text(block + text)
+        out = subprocess.run(
+            [self.ssh_bin, "-F", str(self.ssh_config), "-G", SHARED_CP_ALIAS],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        path = next(
+            line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("controlpath ")
+        )
+        return SHARED_CP_ALIAS, path
 
     @contextlib.contextmanager
     def far_away(self, rtt_ms: float) -> Iterator[str]:

@@ -13,7 +13,9 @@ Rules (each one stops a hang or a pile of MFA prompts we have seen):
   output in a file, so no pipe of ours is held by a process that outlives the call.
 * **Whose ControlPath.** When the user's ssh config sets one for the host (``ssh -G``),
   it is used, so a master opened in a terminal (``aexp-relay-mcp connect``, plain ssh) is
-  reused. Otherwise ``~/.aexp/cm/%C`` in a 0700 directory.
+  reused. Otherwise ``~/.aexp/cm/%C`` in a 0700 directory. A user's ControlPath the relay
+  cannot vouch for (``trust``: another account's socket, a directory others can write) is
+  passed over for the relay's own, with a warning; it is never used, never removed.
 * **A dead master is noticed on the next call**: liveness is a connect to its socket,
   not the file's existence. A stale socket is removed and a new master started.
 * **A master that cannot start** because the login needs a human (password, MFA) fails
@@ -29,6 +31,7 @@ import asyncio
 import contextlib
 import fcntl
 import hashlib
+import logging
 import os
 import secrets
 import signal
@@ -45,6 +48,16 @@ from .argv import ssh_base
 from .failures import classify_ssh_failure
 from .procs import process_table
 from .runner import kill_group
+from .trust import (
+    Distrust,
+    shared_directory,
+    socket_problem,
+    user_uid,
+    vouch,
+    vouch_for_handoff,
+)
+
+log = logging.getLogger("aexp_relay_mcp.ssh")
 
 MASTER_RETRY_S = 60.0
 MAX_SOCKET_PATH = 104 - 17  # ssh binds "<path>.<16 random chars>" first
@@ -68,10 +81,12 @@ CONNECT_HINT = (
 
 @dataclass(frozen=True)
 class Route:
-    """How a call reaches the host: through the master at ``control_path``, or directly."""
+    """How a call reaches the host: through the master at ``control_path``, or directly.
+    ``passed_over``: the user's ControlPath, when it could not be vouched for."""
 
     control_path: str | None
     owner: str = "relay"  # relay (our ~/.aexp/cm) or user (their ssh config)
+    passed_over: Distrust | None = None
 
     @property
     def multiplexed(self) -> bool:
@@ -88,6 +103,8 @@ class SharedConnection:
     age_s: float | None
     owner: str
     master_pid: int | None = None
+    passed_over: Distrust | None = None
+    shared_directory: str | None = None  # the user's ControlPath's, when others can write it
 
 
 @dataclass(frozen=True)
@@ -104,6 +121,9 @@ class ConnectionManager:
         self.clock = clock
         self.enabled = config.control_persist.lower() not in ("no", "0", "off", "false")
         self._paths: dict[str, tuple[str, str]] = {}  # host -> (path, owner)
+        self._own: dict[str, str] = {}  # host -> the relay's own path for it
+        self._distrusted: dict[str, Distrust] = {}  # path -> why it is never used
+        self._used: dict[str, str] = {}  # host -> the path its calls last went through
         self._no_path: set[str] = set()  # hosts without a usable ControlPath: ask ssh -G once
         self._starting: dict[str, asyncio.Lock] = {}
         self._failed: dict[str, _Failed] = {}
@@ -120,19 +140,40 @@ class ConnectionManager:
         """
         if not self.enabled:
             return Route(None)
-        path = await self.control_path(host)
+        path, owner, passed_over = await self.safe_path(host)
         if path is None:
-            return Route(None)
-        owner = self._paths[host][1]
+            return Route(None, passed_over=passed_over)
+        self._used[host] = path
         if mux.socket_accepts(path):
-            return Route(path, owner)
+            return Route(path, owner, passed_over)
         failed = self._failed.get(host)
         if failed is not None and self.clock() < failed.until:
             if failed.error is not None:
                 raise failed.error
-            return Route(None)
+            return Route(None, passed_over=passed_over)
         started = await self._ensure_master(host, path, deadline)
-        return Route(path, owner) if started else Route(None)
+        return Route(path if started else None, owner, passed_over)
+
+    async def safe_path(self, host: str) -> tuple[str | None, str, Distrust | None]:
+        """The ControlPath calls to host may use, whose it is, and the user's own when it
+        was passed over (another account's socket, a directory others can write to)."""
+        path = await self.control_path(host)
+        if path is None:
+            return None, "relay", None
+        owner = self._paths[host][1]
+        if owner != "user":
+            return path, owner, None
+        distrust = self._distrusted.get(path) or vouch(path)
+        if distrust is None:
+            return path, owner, None
+        if path not in self._distrusted:  # results and status say it; the log once
+            log.info("%s", distrust.warning(host, None))
+        self._distrusted[path] = distrust
+        return await self.own_path(host), "relay", distrust
+
+    def distrust(self, distrust: Distrust) -> None:
+        """A socket found out at connect time (its peer, a race): never used again."""
+        self._distrusted[distrust.path] = distrust
 
     def state_dir(self) -> Path:
         directory = Path(self.config.control_dir).expanduser() / "state"
@@ -186,15 +227,17 @@ class ConnectionManager:
         return fd
 
     def live_path(self, host: str) -> str | None:
-        """Without waiting: the socket of a live master for host, if there is one."""
-        known = self._paths.get(host)
-        if self.enabled and known and mux.socket_accepts(known[0]):
-            return known[0]
+        """Without waiting: the socket of a live master for host that a spawned ssh may be
+        handed, if there is one."""
+        path = self._used.get(host)
+        if self.enabled and path and vouch_for_handoff(path) is None and mux.socket_accepts(path):
+            return path
         return None
 
     def forget(self, path: str) -> None:
-        """A socket with no master behind it: remove it so the next call starts a new one."""
-        if not mux.socket_accepts(path):
+        """A socket of ours with no master behind it: remove it so the next call starts a
+        new one. Anyone else's is left alone."""
+        if socket_problem(path) is None and not mux.socket_accepts(path):
             with contextlib.suppress(OSError):
                 if Path(path).is_socket():
                     os.unlink(path)
@@ -207,6 +250,7 @@ class ConnectionManager:
     # ------------------------------------------------------------------ control path
 
     async def control_path(self, host: str) -> str | None:
+        """The user's ControlPath for host (their ssh config), else the relay's own."""
         if host in self._paths:
             return self._paths[host][0]
         if host in self._no_path:
@@ -216,6 +260,17 @@ class ConnectionManager:
         if user_path and user_path != "none":
             self._paths[host] = (user_path, "user")
             return user_path
+        path = await self.own_path(host)
+        if path is not None:
+            self._paths[host] = (path, "relay")
+        return path
+
+    async def own_path(self, host: str) -> str | None:
+        """The relay's own ControlPath for host: ``<control dir>/%C``, in a 0700 directory."""
+        if host in self._own:
+            return self._own[host]
+        if host in self._no_path:
+            return None
         ours = await self._ssh_g(host, ["-o", f"ControlPath={self.config.control_dir}/%C"])
         path = ours.get("controlpath")
         if not path or path == "none" or len(path.encode()) > MAX_SOCKET_PATH:
@@ -224,7 +279,7 @@ class ConnectionManager:
             return None
         Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(Path(path).parent, 0o700)
-        self._paths[host] = (path, "relay")
+        self._own[host] = path
         return path
 
     async def _ssh_g(self, host: str, extra: Sequence[str]) -> dict[str, str]:
@@ -371,10 +426,13 @@ class ConnectionManager:
 
     @staticmethod
     def _processes_with(*needles: str) -> list[int]:
+        """The user's own ssh processes whose arguments include every needle."""
         found = []
         for proc in process_table():
             if proc.state == "Z" or not proc.argv or not proc.argv[0].endswith(b"ssh"):
                 continue
+            if proc.uid != user_uid():
+                continue  # another account's, whatever its arguments say
             args = [a.decode(errors="replace") for a in proc.argv]
             if all(needle in args for needle in needles):
                 found.append(proc.pid)
@@ -383,21 +441,22 @@ class ConnectionManager:
     async def check(self, host: str) -> SharedConnection:
         if not self.enabled:
             return SharedConnection(False, None, False, None, "relay")
-        path = await self.control_path(host)
+        path, owner, passed_over = await self.safe_path(host)
+        user_path = self._paths.get(host, ("", ""))
+        shared = shared_directory(user_path[0]) if user_path[1] == "user" else None
         if path is None:
-            return SharedConnection(True, None, False, None, "relay")
-        owner = self._paths[host][1]
+            return SharedConnection(True, None, False, None, "relay", None, passed_over, shared)
         pid = await mux.alive_check(path)
         age = None
         if pid is not None:
             with contextlib.suppress(OSError):
                 age = round(time.time() - os.stat(path).st_mtime, 1)
-        return SharedConnection(True, path, pid is not None, age, owner, pid)
+        return SharedConnection(True, path, pid is not None, age, owner, pid, passed_over, shared)
 
     async def disconnect(self, host: str) -> int:
         """End the master at host's ControlPath and every master the relay started for it.
-        Returns how many ended."""
-        path = await self.control_path(host)
+        Returns how many ended. A socket that is not the user's is left alone."""
+        path, _, _ = await self.safe_path(host)
         if path is None:
             return 0
         ended = 0

@@ -13,9 +13,13 @@ bytes``; the protocol's "bool" fields are uint32. Every master since OpenSSH 5.x
 version 4. When a master cannot be used (nothing listening, another protocol version),
 ``MasterUnavailable`` sends the caller to the spawned-ssh path, which stays the fallback.
 
+Before the first byte, ``trust`` checks who owns the socket, where it is, and, once
+connected, who the peer is: another account's socket gets nothing (``MasterUntrusted``).
+
 | raises             | meaning                                                  |
 |--------------------|----------------------------------------------------------|
 | MasterUnavailable  | no usable master at the path: start one, or connect directly |
+| MasterUntrusted    | a socket that is not the user's: never used, never removed |
 | SessionRefused     | the master is up, the server refused a session: wait, retry |
 | ProcessTimeout     | the timeout passed; carries the partial output           |
 """
@@ -32,6 +36,7 @@ import time
 from collections.abc import Callable
 
 from .runner import Execution, OnStart, OutputCollector, ProcessResult, ProcessTimeout
+from .trust import Distrust, peer_problem, socket_problem, vouch
 
 MUX_VERSION = 4
 MSG_HELLO = 0x00000001
@@ -73,6 +78,15 @@ class MasterUnavailable(MuxError):
         self.wedged = wedged
 
 
+class MasterUntrusted(MasterUnavailable):
+    """A socket the relay will not talk to: not the user's, or not in a safe place
+    (see ``trust``). Nothing was sent to it."""
+
+    def __init__(self, distrust: Distrust) -> None:
+        super().__init__(f"control socket {distrust.path}: {distrust.reason}")
+        self.distrust = distrust
+
+
 class SessionRefused(MuxError):
     """The master is alive, but the server would not open another session channel."""
 
@@ -102,7 +116,10 @@ def _take_string(body: bytes, offset: int) -> tuple[str, int]:
 
 
 def socket_accepts(path: str) -> bool:
-    """Whether a master listens at path (a connect, no protocol): ~20 microseconds."""
+    """Whether a master of the user's listens at path (a connect, no protocol): ~20
+    microseconds. Another account's socket is never connected to."""
+    if socket_problem(path) is not None:
+        return False
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         try:
             probe.connect(path)
@@ -130,6 +147,9 @@ class _Control:
 
     @classmethod
     async def _open(cls, path: str) -> _Control:
+        distrust = vouch(path)  # who owns it, and where it is: before any connect
+        if distrust is not None:
+            raise MasterUntrusted(distrust)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.setblocking(False)
         try:
@@ -141,6 +161,10 @@ class _Control:
         except BaseException:
             sock.close()
             raise
+        distrust = peer_problem(sock, path)  # who is at the other end: before the first byte
+        if distrust is not None:
+            sock.close()
+            raise MasterUntrusted(distrust)
         control = cls(sock)
         try:
             await control.send(_u32(MSG_HELLO), _u32(MUX_VERSION))

@@ -20,6 +20,7 @@ class ProcInfo:
     name: str
     state: str  # "Z" for a zombie
     argv: tuple[bytes, ...]
+    uid: int = -1  # its owner; -1 when it could not be read
 
     @property
     def cmdline(self) -> str:
@@ -42,6 +43,7 @@ def _from_proc(root: Path) -> list[ProcInfo]:
         try:
             stat = (entry / "stat").read_text()
             argv = (entry / "cmdline").read_bytes()
+            uid = entry.stat().st_uid
         except OSError:
             continue
         name, rest = stat.split("(", 1)[1].rsplit(")", 1)
@@ -53,6 +55,7 @@ def _from_proc(root: Path) -> list[ProcInfo]:
                 name=name,
                 state=fields[0],
                 argv=tuple(a for a in argv.split(b"\0") if a),
+                uid=uid,
             )
         )
     return table
@@ -61,7 +64,7 @@ def _from_proc(root: Path) -> list[ProcInfo]:
 def _from_ps() -> list[ProcInfo]:
     try:
         out = subprocess.run(
-            ["ps", "-axo", "pid=,ppid=,stat=,comm=,args="],
+            ["ps", "-axo", "pid=,ppid=,uid=,stat=,comm=,args="],
             capture_output=True,
             stdin=subprocess.DEVNULL,
             timeout=10,
@@ -71,17 +74,18 @@ def _from_ps() -> list[ProcInfo]:
         return []
     table = []
     for line in out.splitlines():
-        parts = line.split(None, 4)
-        if len(parts) < 4 or not parts[0].isdigit():
+        parts = line.split(None, 5)
+        if len(parts) < 5 or not parts[0].isdigit():
             continue
-        args = parts[4] if len(parts) > 4 else parts[3]
+        args = parts[5] if len(parts) > 5 else parts[4]
         table.append(
             ProcInfo(
                 pid=int(parts[0]),
                 ppid=int(parts[1]),
-                name=parts[3].decode(errors="replace").rsplit("/", 1)[-1],
-                state=parts[2][:1].decode(),
+                name=parts[4].decode(errors="replace").rsplit("/", 1)[-1],
+                state=parts[3][:1].decode(),
                 argv=tuple(args.split()),
+                uid=int(parts[2]) if parts[2].isdigit() else -1,
             )
         )
     return table

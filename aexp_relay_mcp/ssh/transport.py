@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -31,6 +32,7 @@ from .argv import build_ssh_argv
 from .masters import ConnectionManager, Route, SharedConnection, master_start_timeout
 from .remote_kill import KILL_DONE, TERM_GRACE_S, build_kill_command
 from .runner import OnStart, ProcessResult, ProcessTimeout, Runner, run_process
+from .trust import vouch_for_handoff
 
 REFUSED_RETRY_S = 0.05
 # Waiting for a remote group to be gone after TERM (most exit at once; a slow login
@@ -39,6 +41,9 @@ KILL_WAIT_S = 1.5
 # The probe `status` compares a shell-starting call with: a subsystem nobody defines,
 # which sshd refuses without starting the login shell. sshd logs the refusal at INFO.
 NO_SHELL_PROBE = "aexp-relay-no-shell-probe"
+# A direct connection uses no ControlPath at all: with ControlMaster=no, ssh would still
+# use a master it finds at the ControlPath of the user's config, whoever's it is.
+NO_CONTROL_PATH = "ControlPath=none"
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,7 @@ class RemoteRun:
     result: ProcessResult
     multiplexed: bool
     via: str  # mux (native), ssh (spawned client over the master), direct (fresh login)
+    warnings: tuple[str, ...] = ()  # a control socket of the user's that was passed over
 
 
 class Transport:
@@ -89,8 +95,11 @@ class Transport:
     ) -> RemoteRun:
         """Run command on host before deadline. Raises ProcessTimeout (with the partial
         output), RelayTimeoutError, RelayDownError, FileNotFoundError (no ssh)."""
-        for _ in range(2):
+        warnings: list[str] = []
+        for _ in range(3):
             route = await self._route(host, deadline)
+            if route.passed_over is not None:
+                warnings.append(route.passed_over.warning(host, route.control_path))
             if route.control_path is None:
                 break
             try:
@@ -100,9 +109,14 @@ class Transport:
                     else contextlib.nullcontext()
                 )
                 async with slot:
-                    return await self._over_master(
+                    run = await self._over_master(
                         host, route, command, deadline, on_stderr, on_start, verbose_log
                     )
+                return dataclasses.replace(run, warnings=tuple(dict.fromkeys(warnings)))
+            except mux.MasterUntrusted as exc:
+                # Found out at connect time (who is at the other end), or not fit to hand to
+                # a spawned ssh: never again; the next round takes the relay's own master.
+                self.connections.distrust(exc.distrust)
             except mux.MasterUnavailable as exc:
                 if exc.wedged:
                     # It accepts and never answers: ssh's own client would hang on it too.
@@ -114,8 +128,10 @@ class Transport:
                     # It died between the check and the call: the next round starts a
                     # new one (or connects directly).
                     self.connections.forget(route.control_path)
-        result = await self._spawn(host, command, [], deadline, on_stderr, on_start, verbose_log)
-        return RemoteRun(result, multiplexed=False, via="direct")
+        result = await self._spawn(
+            host, command, [NO_CONTROL_PATH], deadline, on_stderr, on_start, verbose_log
+        )
+        return RemoteRun(result, False, "direct", tuple(dict.fromkeys(warnings)))
 
     async def _route(self, host: str, deadline: float) -> Route:
         try:
@@ -138,6 +154,11 @@ class Transport:
         path = route.control_path
         assert path is not None
         if not self.native(path):
+            # ssh connects on its own, later: only a path in a directory no one else can
+            # write, holding a socket of the user's, is handed to it.
+            distrust = vouch_for_handoff(path)
+            if distrust is not None:
+                raise mux.MasterUntrusted(distrust)
             options = [f"ControlPath={path}"]
             result = await self._spawn(
                 host, command, options, deadline, on_stderr, on_start, verbose_log
@@ -228,7 +249,7 @@ class Transport:
         argv = self.ssh_argv(
             host,
             build_kill_command(pgid, term_grace_s=TERM_GRACE_S + undo_s),
-            [f"ControlPath={path}"] if path else [],
+            [f"ControlPath={path}"] if path else [NO_CONTROL_PATH],
             connect_timeout=min(self.config.connect_timeout, 5),
         )
         with contextlib.suppress(OSError):
@@ -261,7 +282,9 @@ class Transport:
                     subsystem=True,
                 )
             else:
-                options = [f"ControlPath={route.control_path}"] if route.control_path else []
+                path = route.control_path
+                handoff = path is not None and vouch_for_handoff(path) is None
+                options = [f"ControlPath={path}" if handoff else NO_CONTROL_PATH]
                 argv = self.ssh_argv(host, NO_SHELL_PROBE, options)
                 argv.insert(1, "-s")
                 await self.runner(argv, timeout=self._left(deadline), output_cap=4096, env=self.env)

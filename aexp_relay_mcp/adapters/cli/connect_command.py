@@ -42,7 +42,9 @@ def _manager(verb: str, host_arg: str | None) -> tuple[ConnectionManager, str, s
             file=sys.stderr,
         )
         return EXIT_USAGE
-    path = asyncio.run(manager.control_path(host))
+    path, _, passed_over = asyncio.run(manager.safe_path(host))
+    if passed_over is not None:  # never used, never removed: not the user's
+        print(f"warning: {passed_over.warning(host, path)}", file=sys.stderr)
     if path is None:
         print(f"aexp-relay-mcp: no usable ControlPath for {host}.", file=sys.stderr)
         return EXIT_USAGE

@@ -14,6 +14,7 @@ from ...model.results import (
     BranchState,
     ConnectionStatus,
     FetchResult,
+    OpResult,
     PullResult,
     PushResult,
     RebaseResult,
@@ -194,6 +195,13 @@ def render_status(r: ConnectionStatus, s: Style) -> str:
 
 
 def render_result(result: BaseModel, s: Style) -> str:
+    text = _render_result(result, s)
+    if isinstance(result, OpResult) and result.warnings:
+        text += "".join(f"\n{s.bad('warning:')} {w}" for w in result.warnings)
+    return text
+
+
+def _render_result(result: BaseModel, s: Style) -> str:
     if isinstance(result, RepoStatus):
         return render_repo_status(result, s)
     if isinstance(result, FetchResult):
