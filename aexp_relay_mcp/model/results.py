@@ -113,20 +113,9 @@ class Commit(_Frozen):
     subject: str
 
 
-class PullResult(OpResult):
-    BUDGET_LISTS: ClassVar[tuple[str, ...]] = ("commits",)
-    BUDGET_FLAG: ClassVar[str] = "commits_truncated"
+class _History(OpResult):
+    """What a pull or a rebase moved: HEAD before and after, and the commits between."""
 
-    old_head: str | None
-    new_head: str | None
-    up_to_date: bool
-    commits: list[Commit] = Field(description="Commits taken, newest first (cut to fit).")
-    commit_count: int = Field(description="Commits taken (exact).")
-    commits_truncated: bool = Field(description="True when commits was cut.")
-    after: BranchState
-
-
-class RebaseResult(OpResult):
     BUDGET_LISTS: ClassVar[tuple[str, ...]] = ("commits",)
     BUDGET_FLAG: ClassVar[str] = "commits_truncated"
 
@@ -136,7 +125,15 @@ class RebaseResult(OpResult):
     commits: list[Commit] = Field(description="old_head..new_head, newest first (cut to fit).")
     commit_count: int = Field(description="Commits in old_head..new_head (exact).")
     commits_truncated: bool = Field(description="True when commits was cut.")
-    after: BranchState = Field(description="ahead > 0 means local commits now wait to be pushed.")
+    after: BranchState = Field(description="ahead > 0 means local commits wait to be pushed.")
+
+
+class PullResult(_History):
+    pass
+
+
+class RebaseResult(_History):
+    pass
 
 
 class PushedRef(_Frozen):

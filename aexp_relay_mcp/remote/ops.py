@@ -369,14 +369,17 @@ def _build_repo_status(args: NoArgs, ctx: BuildContext) -> Script:
     # a command substitution): on a multi-core login node that halves the op's remote time.
     # The status step's begin marker is printed before it starts, its end after `wait`.
     # Reports of ops cut short with nobody left to tell (rollback.py) are read with shell
-    # builtins only; where they are is asked beside the HEAD subject.
-    where = f"git rev-parse --git-path {REPORT_DIR}"
+    # builtins only; where they are is asked of git only when .git is no plain directory.
+    where = (
+        f"if [ -d .git ]; then _rd=.git/{REPORT_DIR}; "
+        f"else _rd=$(git rev-parse --git-path {REPORT_DIR} </dev/null 2>/dev/null); fi"
+    )
     return _seq(
         GIT_PRESENT,
         "b status",
         f"{render_words(STATUS)} </dev/null & _sp=$!",
         f"_h=$({render_words(HEAD_LINE)} </dev/null 2>/dev/null); _hr=$?",
-        f"_rd=$({where} </dev/null 2>/dev/null)",
+        where,
         "wait $_sp; _sr=$?",
         "e status $_sr",
         'if [ $_sr -eq 0 ]; then b head; printf "%s" "$_h"; e head $_hr; '

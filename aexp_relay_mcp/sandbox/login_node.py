@@ -340,18 +340,11 @@ class Sandbox:
         shared = self.root / "shared-tmp"
         shared.mkdir(exist_ok=True)
         os.chmod(shared, 0o1777)  # like /tmp
-        d = self.ssh_dir
-        with open(self.ssh_config) as config:
-            text = config.read()
+        text = self.ssh_config.read_text()
         if SHARED_CP_ALIAS not in text:
-            block = (
-                f"Host {SHARED_CP_ALIAS}\n    HostName 127.0.0.1\n    Port {self.port}\n"
-                f"    User {self.user.name}\n    IdentityFile {d}/client_ed25519\n"
-                f"    IdentitiesOnly yes\n    IdentityAgent none\n"
-                f"    UserKnownHostsFile {d}/known_hosts\n"
-                f"    ControlPath {shared}/cm-%r@%h:%p\n"
-            )
-            self.ssh_config.write_text(block + text)
+            extra = f"    ControlPath {shared}/cm-%r@%h:%p"
+            block = self._host_block(SHARED_CP_ALIAS, self.port, extra=extra)
+            self.ssh_config.write_text(block + text)  # before Host *: first value wins
         out = subprocess.run(
             [self.ssh_bin, "-F", str(self.ssh_config), "-G", SHARED_CP_ALIAS],
             capture_output=True,
@@ -373,12 +366,7 @@ class Sandbox:
             with open(d / "known_hosts", "a") as known:
                 known.write(f"[127.0.0.1]:{proxy.port} {host_key}\n")
             with open(self.ssh_config, "a") as config:
-                config.write(
-                    f"Host {FAR_ALIAS}\n    HostName 127.0.0.1\n    Port {proxy.port}\n"
-                    f"    User {self.user.name}\n    IdentityFile {d}/client_ed25519\n"
-                    f"    IdentitiesOnly yes\n    IdentityAgent none\n"
-                    f"    UserKnownHostsFile {d}/known_hosts\n"
-                )
+                config.write(self._host_block(FAR_ALIAS, proxy.port))
             yield FAR_ALIAS
 
     def undo_reports(self) -> dict[str, str]:
@@ -441,6 +429,29 @@ class Sandbox:
         shutil.copy(self.ssh_dir / "client_ed25519.pub", self.ssh_dir / "authorized_keys")
         os.chmod(self.ssh_dir / "authorized_keys", 0o644)
 
+    def _host_block(
+        self,
+        alias: str,
+        port: int,
+        *,
+        known: str = "known_hosts",
+        key: str = "client_ed25519",
+        extra: str = "",
+        hostname: str = "127.0.0.1",
+    ) -> str:
+        """One Host block of the sandbox's ssh config: the login user, its key."""
+        d = self.ssh_dir
+        return f"""Host {alias}
+    HostName {hostname}
+    Port {port}
+    User {self.user.name}
+    IdentityFile {d}/{key}
+    IdentitiesOnly yes
+    IdentityAgent none
+    UserKnownHostsFile {d}/{known}
+{extra}
+"""
+
     def _write_client_config(self) -> None:
         d = self.ssh_dir
         host_key = " ".join((d / "host_ed25519.pub").read_text().split()[:2])
@@ -454,20 +465,7 @@ class Sandbox:
         (d / "known_hosts.bad").write_text(f"[127.0.0.1]:{self.port} {other_key}\n")
         (d / "known_hosts.empty").write_text("")
 
-        def block(alias: str, port: int, *, known: str = "known_hosts",
-                  key: str = "client_ed25519", extra: str = "",
-                  hostname: str = "127.0.0.1") -> str:  # fmt: skip
-            return f"""Host {alias}
-    HostName {hostname}
-    Port {port}
-    User {self.user.name}
-    IdentityFile {d}/{key}
-    IdentitiesOnly yes
-    IdentityAgent none
-    UserKnownHostsFile {d}/{known}
-{extra}
-"""
-
+        block = self._host_block
         blocks = [
             block(HOST_ALIAS, self.port),
             block(HANG_ALIAS, self.port, extra="    ProxyCommand sleep 600"),
