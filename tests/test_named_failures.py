@@ -49,6 +49,8 @@ async def test_a_full_disk_is_disk_full_with_where_to_look_and_nothing_changed(
                 await client.request(op)
             assert err.value.kind == "disk_full", err.value
             assert f"df -h {clone}" in err.value.hint and "quota -s" in err.value.hint
+            assert "No space left on device" in err.value.stderr_tail
+            assert "state as_before" not in err.value.stderr_tail  # the relay's own report
             assert snapshot(sandbox, clone) == before
         assert err.value.details["checkout"] == "as_before"
     finally:

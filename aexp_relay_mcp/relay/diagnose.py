@@ -28,6 +28,9 @@ from ..remote.rollback import UndoReport, parse_report, restore_commands
 from ..ssh.failures import classify_ssh_failure
 from ..ssh.runner import ProcessResult
 
+# Steps whose output is the relay's own bookkeeping, not what went wrong.
+OWN_STEPS = ("old", "target", "undo", "conflicts", "unset")
+
 
 def fill(hint: str, host: str, repo: str) -> str:
     """A hint that names the call's own host and repo (quoted for a shell), not a
@@ -92,8 +95,14 @@ def script_failure(out: ScriptOutput, op: str | None, host: str, repo: str) -> R
     guard's kind, and what became of the checkout."""
     code = out.exit_code if out.exit_code is not None else -1
     # git puts some reasons on stdout (push --porcelain, rebase's CONFLICT lines). The
-    # login shell's own output (before the start marker) is never read as git's.
-    said = out.stderr + "\n" + out.stdout
+    # login shell's own output (before the start marker) is never read as git's, nor are
+    # the relay's own steps (HEAD before, the undo's report).
+    stdout = out.stdout
+    for own in OWN_STEPS:
+        section = out.section(own)
+        if section is not None and section.stdout:
+            stdout = stdout.replace(section.stdout, "", 1)
+    said = out.stderr + "\n" + stdout
     if out.kind:
         guard = out.section("guard")
         failure: Failure = classify_guard_failure(out.kind, guard.stderr if guard else "")
