@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from aexp_relay_mcp import RelayClient
@@ -128,19 +129,13 @@ def test_connect_and_disconnect_never_touch_it(trap: tuple[Sandbox, str, Foreign
     assert up.returncode == 0, up.stderr
     assert told(up.stderr, foreign), up.stderr
     assert "Connected." in up.stdout and foreign.path not in up.stdout
-    status = anyio_run(RelayClient(config=sb.config(ssh_host=alias)).check_connection)
+    status = anyio.run(RelayClient(config=sb.config(ssh_host=alias)).check_connection)
     assert status.shared_connection and status.control_path != foreign.path
     down = subprocess.run([*cli, "disconnect", alias], env=env, capture_output=True, text=True,
                           stdin=subprocess.DEVNULL, timeout=60)  # fmt: skip
     assert down.returncode == 0 and "Closed 1 shared connection" in down.stdout, down
     assert foreign.events() == []
     assert Path(foreign.path).is_socket() and foreign.proc.poll() is None
-
-
-def anyio_run(fn: Any) -> Any:
-    import anyio
-
-    return anyio.run(fn)
 
 
 @pytest.mark.anyio

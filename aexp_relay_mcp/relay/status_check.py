@@ -14,7 +14,6 @@ real login nodes differ from a clean account:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import secrets
 import statistics
@@ -28,6 +27,7 @@ from ..remote.ops import build_check
 from ..remote.output import ScriptOutput
 from ..remote.script import marker, start_marker_command
 from ..ssh.masters import SharedConnection
+from ..ssh.runner import cancel_and_wait
 from .call import Call
 from .call_runner import CallRunner, check_timeout
 from .diagnose import fill, unset_variable
@@ -63,7 +63,7 @@ async def check_connection(
             out = await runner.execute(call, body, enter=False, check=False)
             rtt = runner.clock() - started
         except (RelayDownError, RelayTimeoutError) as exc:
-            await _cancelled(measure)
+            await cancel_and_wait(measure)
             runner.fail(call, exc)
             return ConnectionStatus(
                 **base,
@@ -74,15 +74,9 @@ async def check_connection(
                 duration_s=round(call.elapsed, 4),
             )
         except BaseException:
-            await _cancelled(measure)
+            await cancel_and_wait(measure)
             raise
         return await _reachable(runner, call, out, base, rtt, await measure)
-
-
-async def _cancelled(task: asyncio.Future[Any]) -> None:
-    task.cancel()
-    with contextlib.suppress(BaseException):
-        await task
 
 
 def _nothing_known(call: Call) -> dict[str, Any]:

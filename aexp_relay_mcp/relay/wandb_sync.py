@@ -275,13 +275,13 @@ def _with_what_is_left(
             "The user approved the whole preview, and that consent covers the runs left: call "
             "{op:wandb_sync} with the arguments in continue_with (approve included) to upload "
             "them. Runs already uploaded are skipped; nothing is uploaded twice. "
-            + ("Pass a larger {arg:timeout} if it keeps running out. " if _timed(error) else "")
+            + (
+                "Pass a larger {arg:timeout} if it keeps running out. "
+                if isinstance(error, RelayTimeoutError)
+                else ""
+            )
         ).strip()
     return error
-
-
-def _timed(error: RelayError) -> bool:
-    return isinstance(error, RelayTimeoutError)
 
 
 def continue_with(args: WandbSyncArgs, names: list[str]) -> dict[str, Any]:

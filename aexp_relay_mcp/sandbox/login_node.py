@@ -306,32 +306,17 @@ class Sandbox:
                 f"data <<END\n{i}\nEND",
                 "",
             ]
-        self._git_input(self.other, "\n".join(stream) + "\n", "fast-import", "--quiet")
+        self.repos.git(self.other, "fast-import", "--quiet", input="\n".join(stream) + "\n")
         self.git(self.other, "reset", "-q", "--hard", "main")
         self.git(self.other, "push", "-q", "origin", "main")
         upstream = self.head(self.other)
         lines = "".join(f"create refs/heads/ci/job-{i:05d} {upstream}\n" for i in range(refs))
-        self._git_input(self.origin, lines, "update-ref", "--stdin")
+        self.repos.git(self.origin, "update-ref", "--stdin", input=lines)
         for i in range(files):
             (self.cluster / f"job-{i:05d}.out").write_text(f"step {i}\n")
         self.repos.own(self.cluster)
         make_sweep(self.cluster / "wandb", runs, self.repos)
         return {"refs": refs, "runs": runs, "files": files, "commits": commits}
-
-    def _git_input(self, cwd: Path, text: str, *args: str) -> None:
-        """git with text on stdin, as the login user."""
-        switch = os.geteuid() == 0 and self.user.uid != 0
-        subprocess.run(
-            ["git", *args],
-            cwd=cwd,
-            env=self.git_env(),
-            input=text.encode(),
-            check=True,
-            capture_output=True,
-            user=self.user.uid if switch else None,
-            group=self.user.gid if switch else None,
-            extra_groups=[] if switch else None,
-        )
 
     def shared_control_path(self) -> tuple[str, str]:
         """An alias whose ControlPath is in a directory every local account can write to,

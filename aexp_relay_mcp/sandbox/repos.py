@@ -84,13 +84,15 @@ class Repos:
             "LC_ALL": "C",
         }
 
-    def git(self, cwd: Path, *args: str, check: bool = True) -> str:
-        """Run git in cwd as the login user (so files keep the right owner)."""
+    def git(self, cwd: Path, *args: str, check: bool = True, input: str | None = None) -> str:
+        """Run git in cwd as the login user (so files keep the right owner); ``input`` goes
+        to its stdin."""
         switch = self._switch()
         proc = subprocess.run(
             ["git", *args],
             cwd=cwd,
             env=self.git_env(),
+            input=input.encode() if input is not None else None,
             capture_output=True,
             user=self.user.uid if switch else None,
             group=self.user.gid if switch else None,

@@ -35,7 +35,14 @@ import struct
 import time
 from collections.abc import Callable
 
-from .runner import Execution, OnStart, OutputCollector, ProcessResult, ProcessTimeout
+from .runner import (
+    Execution,
+    OnStart,
+    OutputCollector,
+    ProcessResult,
+    ProcessTimeout,
+    cancel_and_wait,
+)
 from .trust import Distrust, peer_problem, socket_problem, vouch
 
 MUX_VERSION = 4
@@ -296,13 +303,13 @@ async def run_session(
         done, _ = await asyncio.wait({task}, timeout=timeout)
     except asyncio.CancelledError:
         session.abort()
-        await _settle(task)
+        await cancel_and_wait(task)
         with contextlib.suppress(BaseException):
             await asyncio.shield(session.finish())
         raise
     if not done:
         session.abort()
-        await _settle(task)
+        await cancel_and_wait(task)
         await session.finish()
         raise ProcessTimeout(session.result(started), timeout)
     try:
@@ -311,12 +318,6 @@ async def run_session(
     finally:
         await session.finish()
     return session.result(started)  # aborted: like a killed process, no exit status
-
-
-async def _settle(task: asyncio.Future[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(BaseException):
-        await task
 
 
 class _Session:

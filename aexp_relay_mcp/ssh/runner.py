@@ -25,7 +25,7 @@ import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 
@@ -135,6 +135,13 @@ class Runner(Protocol):
         on_stderr: Callable[[bytes], None] | None = None,
         on_start: OnStart | None = None,
     ) -> ProcessResult: ...
+
+
+async def cancel_and_wait(task: asyncio.Future[Any]) -> None:
+    """Cancel task and wait until it has ended, whatever it ends with."""
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
 
 
 def kill_group(pid: int, sig: int) -> bool:
