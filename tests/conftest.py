@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,10 +47,25 @@ BOTH_PROFILES = [
 ]
 
 
+def need_shell(shell: str) -> None:
+    """An account whose login shell is ``shell``: root, and the shell installed."""
+    if shell == "bash":
+        return
+    if os.geteuid() != 0:
+        pytest.skip(f"a {shell} login shell needs an account of its own, which needs root")
+    if shutil.which(shell, path="/bin:/usr/bin:/usr/local/bin:/usr/sbin:/sbin") is None:
+        reason = f"the login shell {shell} is not installed (`apt-get install -y {shell}`)"
+        if REQUIRE_SSHD:
+            pytest.fail(f"AEXP_RELAY_REQUIRE_SSHD=1 but {reason}")
+        pytest.skip(reason)
+
+
 @contextlib.contextmanager
 def running_sandbox(**options: Any) -> Iterator[Sandbox]:
-    """A sandbox with these options (see ``Sandbox``), or a skip when sshd is missing."""
+    """A sandbox with these options (see ``Sandbox``), or a skip when sshd (or the login
+    shell it asks for) is missing."""
     need_sshd()
+    need_shell(options.get("shell", "bash"))
     with Sandbox(**options) as sb:
         yield sb
 

@@ -139,13 +139,14 @@ async def test_wandb_without_approve_is_consent_required_with_preview(sandbox: S
     async with mcp_session(sandbox) as s:
         err = data(await s.call_tool("airgapped_wandb_sync", {}))
     assert err["kind"] == "consent_required"
-    assert len(err["preview"]["runs"]) == 2 and err["preview"]["command"]
+    assert len(err["preview"]["runs"]) == 2 and len(err["preview"]["commands"]) == 2
     assert "approve=true" in err["hint"]
     assert not sandbox.wandb_log.exists()
 
 
 async def accept(context: Any, params: ElicitRequestParams) -> ElicitResult:
-    assert "offline-run-" in params.message and "Command:" in params.message
+    assert "offline-run-" in params.message and "one `wandb sync` per run" in params.message
+    assert params.message.count(" sync wandb/offline-run-") == 2  # every command it runs
     return ElicitResult(action="accept", content={"approve": True})
 
 

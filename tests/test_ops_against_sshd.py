@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import stat
 from collections.abc import Iterator
 
@@ -352,8 +353,14 @@ async def test_wandb_sync_without_approval_uploads_nothing_and_returns_a_preview
     assert (preview.run_count, preview.unsynced_runs) == (2, 2)
     assert all(r.size_bytes > 0 for r in preview.runs)
     assert preview.total_bytes == sum(r.size_bytes for r in preview.runs)
-    # one wandb sync per run: the command is shown for the first, the same for each
-    assert preview.command.endswith("sync wandb/offline-run-20260101_120000-run0")
+    # one wandb sync per run, every one of them shown as it will run
+    assert [c.split(" ", 1)[1] for c in preview.commands] == [
+        "sync wandb/offline-run-20260101_120000-run0",
+        "sync wandb/offline-run-20260101_120001-run1",
+    ]
+    assert preview.command_template == f"{sandbox.wandb} sync wandb/<run>"
+    assert (preview.selected_count, preview.more_runs, preview.next_page) == (2, 0, None)
+    assert "one `wandb sync` per run" in str(err.value)
     assert not sandbox.wandb_log.exists()
     assert audit_lines(sandbox)[-1]["outcome"] == "consent_required"
 
@@ -361,6 +368,7 @@ async def test_wandb_sync_without_approval_uploads_nothing_and_returns_a_preview
 async def test_wandb_sync_with_approval_runs_the_previewed_command(
     client: RelayClient, sandbox: Sandbox
 ) -> None:
+    shown = (await client.wandb_preview()).commands
     result = await client.request("wandb_sync", approve=True)
     assert isinstance(result, WandbSyncResult)
     assert len(result.synced) == 2 and result.synced_count == 2
@@ -368,8 +376,12 @@ async def test_wandb_sync_with_approval_runs_the_previewed_command(
         "sync wandb/offline-run-20260101_120000-run0",
         "sync wandb/offline-run-20260101_120001-run1",
     ]
+    # what the stub received is what the preview showed, word for word
+    assert sandbox.wandb_received() == [shlex.split(c) for c in shown]
+    assert result.command_template == f"{sandbox.wandb} sync wandb/<run>"
     again = await client.request("wandb_sync", approve=True)
-    assert isinstance(again, WandbSyncResult) and again.synced == [] and again.command is None
+    assert isinstance(again, WandbSyncResult) and again.synced == []
+    assert again.command_template is None
 
 
 async def test_wandb_sync_of_named_runs_only_uploads_those(

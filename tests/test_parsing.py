@@ -15,17 +15,12 @@ from aexp_relay_mcp.relay.audit import AuditLog
 from aexp_relay_mcp.remote.failures import classify_git_failure
 from aexp_relay_mcp.remote.ops import op_arguments
 from aexp_relay_mcp.remote.output import parse_script_output
-from aexp_relay_mcp.remote.parsing import (
-    diff_refs,
-    parse_push_porcelain,
-    parse_ref_snapshot,
-    parse_status_z,
-    parse_wandb_runs,
-)
+from aexp_relay_mcp.remote.parsing import parse_push_porcelain, parse_status_records
 from aexp_relay_mcp.ssh.failures import classify_ssh_failure
 
 SHA1 = "a" * 40
 SHA2 = "b" * 40
+ZERO = (0, 0, 0, 0)
 
 
 def test_status_z_parses_branch_upstream_and_every_kind_of_entry() -> None:
@@ -41,7 +36,7 @@ def test_status_z_parses_branch_upstream_and_every_kind_of_entry() -> None:
         f"u UU N... 100644 100644 100644 100644 {SHA1} {SHA1} {SHA1} both.py",
         "? untracked dir/file.txt",
     ]
-    parsed = parse_status_z("\0".join(records) + "\0")
+    parsed = parse_status_records(records, (2, 1, 1, 1))
     s = parsed.state
     assert (s.branch, s.head, s.upstream, s.ahead, s.behind) == (
         "feat/x", SHA1, "origin/feat/x", 2, 3
@@ -51,35 +46,23 @@ def test_status_z_parses_branch_upstream_and_every_kind_of_entry() -> None:
     assert [e.path for e in parsed.unstaged] == ["unstaged.py"]
     assert parsed.conflicted == ["both.py"]
     assert parsed.untracked == ["untracked dir/file.txt"]
-    assert parsed.counts == (2, 1, 1, 1)
+    assert parsed.counts == (2, 1, 1, 1) and not parsed.truncated
 
 
 def test_status_of_detached_and_unborn_heads() -> None:
-    detached = parse_status_z(f"# branch.oid {SHA1}\0# branch.head (detached)\0")
+    detached = parse_status_records([f"# branch.oid {SHA1}", "# branch.head (detached)"], ZERO)
     assert detached.state.branch is None and detached.state.head == SHA1
-    unborn = parse_status_z("# branch.oid (initial)\0# branch.head main\0")
+    unborn = parse_status_records(["# branch.oid (initial)", "# branch.head main"], ZERO)
     assert unborn.state.head is None and unborn.state.ahead is None
 
 
 def test_control_characters_in_file_names_are_escaped_never_passed_raw() -> None:
-    parsed = parse_status_z("# branch.head m\x1b[31main\0? evil\x1b]0;pwned\x07.txt\0")
+    parsed = parse_status_records(
+        ["# branch.head m\x1b[31main", "? evil\x1b]0;pwned\x07.txt"], ZERO
+    )
     assert parsed.untracked == ["evil\\x1b]0;pwned\\x07.txt"]
     assert parsed.state.branch == "m\\x1b[31main"
     assert clean_text("a\nb", keep_newlines=True) == "a\nb"
-
-
-def test_ref_snapshots_diff_into_new_updated_and_deleted() -> None:
-    before = parse_ref_snapshot(
-        f"{SHA1} refs/remotes/origin/main\n{SHA1} refs/remotes/origin/gone\n"
-        f"{SHA1} refs/remotes/origin/HEAD\n"
-    )
-    after = parse_ref_snapshot(f"{SHA2} refs/remotes/origin/main\n{SHA2} refs/remotes/origin/new\n")
-    changes = [(u.ref, u.change) for u in diff_refs(before, after)]
-    assert changes == [
-        ("origin/gone", "deleted"),
-        ("origin/main", "updated"),
-        ("origin/new", "new"),
-    ]
 
 
 def test_push_porcelain_statuses() -> None:
@@ -95,15 +78,6 @@ def test_push_porcelain_statuses() -> None:
     assert [r.status for r in parse_push_porcelain(text)] == [
         "up_to_date", "ok", "new", "rejected", "remote_rejected"
     ]  # fmt: skip
-
-
-def test_wandb_listing_ignores_anything_that_is_not_a_run() -> None:
-    text = "offline-run-1-a\t8\t0\noffline-run-2-b\t4\t1\n../etc\t1\t0\ngarbage\n"
-    runs = parse_wandb_runs(text)
-    assert [(r.name, r.size_bytes, r.synced) for r in runs] == [
-        ("offline-run-1-a", 8192, False),
-        ("offline-run-2-b", 4096, True),
-    ]
 
 
 @pytest.mark.parametrize(

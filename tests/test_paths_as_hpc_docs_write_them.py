@@ -153,9 +153,10 @@ async def test_the_wandb_dir_and_the_environment_take_the_same_spellings(
     preview = await RelayClient(config=config).wandb_preview()
     assert isinstance(preview, WandbPreview) and preview.run_count == 2
     assert preview.wandb_dir == "$SCRATCH/cluster/wandb"
-    assert preview.command.endswith(
+    assert preview.commands[0].endswith(
         'sync "${SCRATCH}"/cluster/wandb/offline-run-20260101_120000-run0'
     )
+    assert preview.command_template.endswith('sync "${SCRATCH}"/cluster/wandb/<run>')
 
 
 def test_init_writes_a_braced_variable_so_that_the_mcp_client_leaves_it_alone(

@@ -82,11 +82,17 @@ async def test_every_tool_fits_the_budget_at_lab_scale_with_exact_totals(lab: Sa
         assert preview["kind"] == "consent_required"
         shown = preview["preview"]
         unsynced = unsynced_runs(lab)  # the sweep, and the sandbox's own two
-        assert (shown["run_count"], shown["total_bytes"]) == (len(unsynced), du(unsynced))
-        assert shown["runs_truncated"] and len(shown["runs"]) < 2000
+        # counted on the login node: exact; one preview shows (one approval covers) a page
+        assert (shown["selected_count"], shown["selected_bytes"]) == (len(unsynced), du(unsynced))
+        assert 0 < shown["run_count"] == len(shown["runs"]) < 2000
+        each = [shown["command_template"].replace("<run>", r["name"]) for r in shown["runs"]]
+        assert shown["commands"] in ([], each)  # every command, or the template for each run
+        assert shown["total_bytes"] == du(unsynced[: shown["run_count"]])
+        assert shown["more_runs"] == len(unsynced) - shown["run_count"]
 
-        page = await call("airgapped_wandb_sync", {"after_run": shown["runs"][-1]["name"]})
-        assert page["preview"]["run_count"] == len(unsynced) - len(shown["runs"])
+        page = await call("airgapped_wandb_sync", shown["next_page"])
+        assert page["preview"]["selected_count"] == len(unsynced) - shown["run_count"]
+        assert page["preview"]["first_run"] > shown["last_run"]
 
         upload = await call("airgapped_wandb_sync", {"approve": True, "limit": 40})
         assert upload["synced_count"] == 40

@@ -7,7 +7,7 @@ the size budget and sets ``BUDGET_FLAG``; the counts beside them stay exact.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -163,25 +163,40 @@ class WandbRun(_Frozen):
 
 
 class WandbPreview(_Frozen):
-    BUDGET_LISTS: ClassVar[tuple[str, ...]] = ("runs",)
-    BUDGET_FLAG: ClassVar[str] = "runs_truncated"
+    """What an approval covers: exactly ``runs``, one ``wandb sync`` each. A sweep larger
+    than one preview can show is covered page by page (``more_runs``, ``next_page``)."""
 
     runs: list[WandbRun] = Field(
-        description="The runs that would be uploaded, by name (cut to fit; see run_count)."
+        description="The runs an approval uploads, every one of them, by name: the first "
+        "runs the arguments select (at most 100)."
     )
-    run_count: int = Field(description="How many runs would be uploaded (exact).")
+    run_count: int = Field(description="How many runs an approval uploads (len of runs).")
     total_bytes: int = Field(description="Their size together (exact).")
     first_run: str | None = Field(description="The first of them by name.")
     last_run: str | None = Field(description="The last of them by name.")
-    runs_truncated: bool = Field(
-        description="True when runs was cut: narrow with match, after_run, to_run or limit to "
-        "see the rest."
+    command_template: str = Field(
+        description="The command that runs once per run, exactly as the login node gets "
+        "it, with <run> standing for the run's name."
+    )
+    commands: list[str] = Field(
+        description="Every command the upload runs, in order, one per run; empty when they "
+        "would not fit in the result (command_template and runs say the same)."
+    )
+    selected_count: int = Field(
+        description="Unsynced runs the arguments select, limit applied (exact). More than "
+        "run_count when they do not fit in one preview."
+    )
+    selected_bytes: int = Field(description="Their size together (exact).")
+    more_runs: int = Field(
+        description="Selected runs this preview does not cover (selected_count - run_count): "
+        "an approval does not upload them."
+    )
+    next_page: dict[str, Any] | None = Field(
+        description="Arguments that preview the selected runs after these; after this "
+        "upload, the same arguments again do too. None when there are none."
     )
     all_runs: int = Field(description="Offline runs in the wandb directory, synced or not.")
     unsynced_runs: int = Field(description="Of those, not synced yet (any selection).")
-    command: str = Field(
-        description="The exact command that would run on the login node, once per run."
-    )
     wandb_available: bool = Field(
         description="Whether the wandb command was found on the login node."
     )
@@ -202,8 +217,14 @@ class WandbSyncResult(OpResult):
         "uploaded twice."
     )
     runs_truncated: bool = Field(description="True when synced was cut.")
-    command: str | None = Field(
-        description="The command that ran, once per run; None when nothing needed syncing."
+    command_template: str | None = Field(
+        description="The command that ran once per run (<run>: its name); None when nothing "
+        "needed syncing."
+    )
+    more_runs: int = Field(
+        default=0,
+        description="Selected runs the approval did not cover (beyond one preview): preview "
+        "again with the same arguments to see them.",
     )
     output_tail: str = Field(description="Last lines of wandb's output.")
 
@@ -227,6 +248,10 @@ class ConnectionStatus(_Frozen):
     )
     shared_connection_age_s: float | None = Field(description="Age of the shared connection.")
     control_path: str | None = Field(description="The ControlPath socket used for the host.")
+    login_shell: str | None = Field(
+        description="The account's login shell on the host ($SHELL), e.g. /bin/bash or "
+        "/usr/bin/tcsh; None when no command could start there."
+    )
     login_shell_output: str | None = Field(
         description="Where the login shell prints before every command: stdout, stderr or "
         "both; None when it prints nothing (or the host is unreachable)."

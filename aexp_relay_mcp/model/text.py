@@ -7,6 +7,9 @@ import re
 import unicodedata
 
 STDERR_TAIL_LINES = 20
+# Where the output cap cut a stream (head and tail kept): written by the process runner,
+# recognised by the parsers, which never count what lies across it.
+ELISION = "\n[... output truncated ...]\n"
 STDERR_TAIL_CHARS = 4000
 
 _CREDENTIALS_IN_URL = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/\s@]+@", re.IGNORECASE)

@@ -224,7 +224,7 @@ class _StartWatch:
         at = self.buffer.find(self.needle)
         end = self.buffer.find(b"\n", at + len(self.needle)) if at >= 0 else -1
         if end >= 0:
-            pid = self.buffer[at + len(self.needle) : end]
+            pid = self.buffer[at + len(self.needle) : end].split(b" ", 1)[0]  # then $SHELL
             self.done = True
             self.buffer = b""
             if pid.isdigit():

@@ -30,6 +30,7 @@ from ..remote.output import ScriptOutput, UnparseableOutput, parse_script_output
 from ..remote.parsing import GitProgress
 from ..remote.rollback import UNDO_S, UndoReport, parse_report, probe_report
 from ..remote.script import Script, build_remote_command
+from ..ssh.login_shell import CommandTooLong
 from ..ssh.runner import ProcessTimeout
 from ..ssh.transport import Transport
 from .audit import AuditLog
@@ -219,6 +220,12 @@ class CallRunner:
             run = await call.run(command, nonce, on_stderr=on_stderr, verbose_log=verbose_log)
         except FileNotFoundError:
             raise ssh_missing(self.config.ssh_bin) from None
+        except CommandTooLong as exc:
+            raise RelayValidationError(
+                f"The request is too large to send to the login node: {exc}. Nothing ran.",
+                hint="Ask for less in one call (fewer runs: narrow with {arg:match}, "
+                "{arg:to_run} or {arg:limit}).",
+            ) from None
         except ProcessTimeout as exc:
             raise await self._timed_out(call, exc, nonce, verbose_log) from None
         except asyncio.CancelledError:
@@ -230,6 +237,10 @@ class CallRunner:
                     call.trace.update(checkout=cut.state, head=cut.head)
             raise
         out = parse_script_output(run.result.stdout, run.result.stderr, nonce)
+        host, repo = call.host or "", call.repo or ""
+        connections = self.transport.connections
+        if out.login_shell:  # named in the error when a later command cannot start
+            connections.remember_login_shell(host, out.login_shell)
         cut = None
         if out.exit_code is not None:
             call.command_ended()
@@ -238,13 +249,13 @@ class CallRunner:
             # login node through a new session.
             with anyio.CancelScope(shield=True):
                 cut = await self._stop_and_report(call, out)
-        host, repo = call.host or "", call.repo or ""
+        shell = connections.login_shell(host)
         if check:
             error = remote_failure(
-                out, run.result, spec.name if spec else None, verbose_log, host, repo
+                out, run.result, spec.name if spec else None, verbose_log, host, repo, shell
             )
         elif not out.started or out.exit_code is None:
-            error = transport_failure(out, run.result, verbose_log, host)
+            error = transport_failure(out, run.result, verbose_log, host, shell)
         else:
             error = None
         if error is not None:

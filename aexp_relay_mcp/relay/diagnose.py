@@ -21,11 +21,13 @@ from ..model.errors import (
     RemoteCommandError,
 )
 from ..model.text import clean_text, tail
+from ..remote.counting import counted
 from ..remote.failures import classify_git_failure, classify_guard_failure, proxy_failure
 from ..remote.output import ScriptOutput
 from ..remote.quoting import quote_path
 from ..remote.rollback import UndoReport, parse_report, restore_commands
 from ..ssh.failures import classify_ssh_failure
+from ..ssh.login_shell import login_shell_failure
 from ..ssh.runner import ProcessResult
 
 # Steps whose output is the relay's own bookkeeping, not what went wrong.
@@ -48,10 +50,33 @@ def ssh_missing(ssh_bin: str) -> RelayDownError:
     )
 
 
+def shell_ran(proc: ProcessResult) -> bool:
+    """Whether the remote side reported an exit status of its own: ssh had logged in and
+    the login shell ran (ssh itself fails with 255; a session on a shared connection that
+    ends without a status has none)."""
+    return proc.exit_code is not None and 0 <= proc.exit_code != 255
+
+
 def transport_failure(
-    out: ScriptOutput, proc: ProcessResult, verbose_log: Path | None, host: str = ""
+    out: ScriptOutput,
+    proc: ProcessResult,
+    verbose_log: Path | None,
+    host: str = "",
+    login_shell: str | None = None,
 ) -> RelayError:
-    """The command never reported its exit: ssh failed, or it was stopped on the host."""
+    """The command never reported its exit: ssh failed, the login shell did not run it,
+    or it was stopped on the host. ``login_shell``: the account's, when known."""
+    if not out.started and shell_ran(proc):
+        # Logged in, and a shell ran and ended: never "unreachable".
+        printed = out.shell_stderr + out.shell_stdout
+        f = login_shell_failure(login_shell, proc.exit_code, printed)
+        return RemoteCommandError(
+            f.message,
+            kind=f.kind,
+            hint=fill(f.hint, host, ""),
+            exit_code=proc.exit_code,
+            stderr_tail=tail(printed),
+        )
     # Before the start marker, all of stderr is ssh's (and maybe the login shell's);
     # after it, only what follows counts.
     stderr = (proc.stderr if not out.started else out.stderr) + log_tail(verbose_log)
@@ -81,10 +106,11 @@ def remote_failure(
     verbose_log: Path | None,
     host: str = "",
     repo: str = "",
+    login_shell: str | None = None,
 ) -> RelayError | None:
     """None when the script reported success; else the error, transport or remote."""
     if not out.started or out.exit_code is None:
-        return transport_failure(out, proc, verbose_log, host)
+        return transport_failure(out, proc, verbose_log, host, login_shell)
     if out.exit_code == 0:
         return None
     return script_failure(out, op, host, repo)
@@ -114,9 +140,11 @@ def script_failure(out: ScriptOutput, op: str | None, host: str, repo: str) -> R
     details: dict[str, Any] = {}
     conflicts = out.section("conflicts")
     if op == "rebase" and conflicts is not None:
-        files = [clean_text(f) for f in conflicts.stdout.split("\0") if f]
+        found = counted(conflicts, 1)  # counted on the login node: exact, however many
+        files = [clean_text(f) for f in found.records]
         details["conflicted_files"] = files
-        if files:
+        details["conflicted_count"] = found.totals[0]
+        if found.totals[0]:
             failure = Failure(
                 "conflict",
                 "Rebasing onto upstream hit conflicts, and the rebase was aborted in the same "

@@ -19,13 +19,14 @@ import secrets
 import statistics
 from typing import Any
 
-from ..model.errors import Failure, RelayDownError, RelayTimeoutError
+from ..model.errors import Failure, RelayDownError, RelayTimeoutError, RemoteCommandError
 from ..model.results import ConnectionStatus
 from ..model.text import clean_text
 from ..remote.failures import classify_git_failure, git_version_ok, guard_failure
 from ..remote.ops import build_check
 from ..remote.output import ScriptOutput
 from ..remote.script import marker, start_marker_command
+from ..ssh.login_shell import rc_guard, shell_name, worked_around
 from ..ssh.masters import SharedConnection
 from ..ssh.runner import cancel_and_wait
 from .call import Call
@@ -36,7 +37,6 @@ CHECK_TIMEOUT_S = 30.0
 ROUNDS = 3  # probes of each kind, for the login shell's cost
 SLOW_LOGIN_SHELL_MS = 100.0
 FIRST_LINE_CHARS = 120
-RC_GUARD = "case $- in *i*) ;; *) return ;; esac"
 
 
 async def check_connection(
@@ -62,12 +62,14 @@ async def check_connection(
             body = build_check(runner.context(call))
             out = await runner.execute(call, body, enter=False, check=False)
             rtt = runner.clock() - started
-        except (RelayDownError, RelayTimeoutError) as exc:
+        except (RelayDownError, RelayTimeoutError, RemoteCommandError) as exc:
+            # ssh could not log in, or it did and the login shell would not run the check
+            # (reachable, then: never called unreachable once a shell ran)
             await cancel_and_wait(measure)
             runner.fail(call, exc)
             return ConnectionStatus(
                 **base,
-                reachable=False,
+                reachable=isinstance(exc, RemoteCommandError),
                 rtt_ms=None,
                 problem=exc.kind,
                 hint=f"{exc.message} {runner.surface.render(exc.hint_template)}",
@@ -94,6 +96,7 @@ def _nothing_known(call: Call) -> dict[str, Any]:
         "shared_connection": None,
         "shared_connection_age_s": None,
         "control_path": None,
+        "login_shell": None,
         "login_shell_output": None,
         "login_shell_first_line": None,
         "login_shell_ms": None,
@@ -118,13 +121,15 @@ async def _reachable(
         shared_connection=shared.live if shared.enabled else None,
         shared_connection_age_s=shared.age_s,
         control_path=shared.control_path,
+        login_shell=out.login_shell,
         login_shell_output=stream,
         login_shell_first_line=first_line,
         login_shell_ms=shell_ms,
         warnings=list(
             dict.fromkeys(
                 [
-                    *login_shell_warnings(stream, first_line, shell_ms),
+                    *non_posix_warnings(out.login_shell),
+                    *login_shell_warnings(stream, first_line, shell_ms, out.login_shell),
                     *socket_warnings(host, shared),
                     *call.warnings,
                 ]
@@ -203,9 +208,15 @@ async def _login_shell_ms(runner: CallRunner, call: Call) -> float | None:
         run = await transport.run(host, start_marker_command(nonce), deadline=call.deadline)
         return runner.clock() - started if marker(nonce) in run.result.stderr else None
 
+    # both kinds of probe start their clocks once the connection is up (its start-up is
+    # no shell's cost); a probe never fails the status itself: one that cannot measure
+    # gives None
+    try:
+        await transport.ready(host, call.deadline)
+    except Exception:
+        return None
     probes = [transport.no_shell_round_trip(host, call.deadline) for _ in range(ROUNDS)]
     probes += [shell() for _ in range(ROUNDS)]
-    # a probe never fails the status itself: one that cannot measure gives None
     times = await asyncio.gather(*probes, return_exceptions=True)
     bare = [t for t in times[:ROUNDS] if isinstance(t, float)]
     shells = [t for t in times[ROUNDS:] if isinstance(t, float)]
@@ -231,29 +242,49 @@ def socket_warnings(host: str, shared: SharedConnection) -> list[str]:
     return []
 
 
+def non_posix_warnings(shell: str | None) -> list[str]:
+    """A login shell the relay works around (csh, tcsh, fish): what still differs."""
+    if not worked_around(shell):
+        return []
+    name = shell_name(shell)
+    rc, _ = rc_guard(shell)
+    export = "setenv NAME value" if name in ("csh", "tcsh") else "set -gx NAME value"
+    return [
+        f"Your login shell is {name}, which reads commands unlike POSIX sh. Every tool works: "
+        "the relay hands each command to /bin/sh in one line that any shell reads the same "
+        "way. One thing differs: a path with $VARIABLES ($SCRATCH/exp) sees only "
+        f"environment variables, so set them in {rc} with `{export}`, not as shell "
+        "variables."
+    ]
+
+
 def login_shell_warnings(
-    stream: str | None, first_line: str | None, shell_ms: float | None
+    stream: str | None,
+    first_line: str | None,
+    shell_ms: float | None,
+    shell: str | None = None,
 ) -> list[str]:
+    rc, guard = rc_guard(shell)
     warnings = []
     if stream in ("stdout", "both"):
         warnings.append(
             f"Your login shell prints on stdout before every command (first line: "
             f"{first_line!r}). The relay sets it aside, but scp, rsync and sftp break on it. "
-            "Make it print only in interactive shells: in ~/.bashrc (~/.zshenv for zsh) put "
-            f"`{RC_GUARD}` after what non-interactive sessions need (module load git, PATH), "
-            "and move the banner below it."
+            f"Make it print only in interactive shells: in {rc} put `{guard}` after what "
+            "non-interactive sessions need (module load git, PATH), and move the banner "
+            "below it."
         )
     elif stream == "stderr":
         warnings.append(
             f"Your login shell prints on stderr before every command (first line: "
             f"{first_line!r}). Harmless for the relay, but it fills error tails; the guard "
-            f"`{RC_GUARD}` in ~/.bashrc, above the output, removes it."
+            f"`{guard}` in {rc}, above the output, removes it."
         )
     if shell_ms is not None and shell_ms >= SLOW_LOGIN_SHELL_MS:
         warnings.append(
             f"Your login shell takes about {shell_ms:.0f} ms to start, and every call pays it "
             "(measured against a call that starts no shell). Usually conda, pyenv or module "
-            f"initialisation in ~/.bashrc: move it below `{RC_GUARD}`, so only interactive "
-            "shells run it."
+            f"initialisation in {rc}: move it below `{guard}`, so only interactive shells "
+            "run it."
         )
     return warnings

@@ -2,13 +2,17 @@
 
 Every call lists the runs first (the preview). Without approval the preview is the
 answer (``consent_required``) and nothing is uploaded; with it, exactly the previewed
-runs are uploaded, one ``wandb sync`` each, in name order, with progress per run.
+runs are uploaded, one ``wandb sync`` each, in name order, with progress per run. The
+preview shows every command the upload will run (``commands``, or ``command_template``
+and the runs): consent covers exactly what it shows.
 
 A sweep is large: the selection arguments (``match``, ``after_run``, ``to_run``, ``limit``)
-narrow it, the preview's lists are cut to the size budget (its counts are exact), and the
-default timeout grows with the number of runs. An upload cut short (timeout, cancel) says
-how many runs were uploaded, which are left, and the arguments that continue it: runs
-already synced are always skipped, so nothing is uploaded twice.
+narrow it, and it is counted on the login node (``selected_count``, exact, whatever its
+size). One preview shows, and one approval covers, a page of it: the first runs selected
+(``PAGE_RUNS``); the rest are the next page's (``more_runs``, ``next_page``). An upload cut
+short (timeout, cancel) says how many runs were uploaded, which are left, and the
+arguments that continue it: runs already synced are always skipped, so nothing is uploaded
+twice.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 
 import anyio
 
-from ..model.budget import fit
+from ..model.budget import JSON_CHARS, json_size
 from ..model.config import DEFAULT_WANDB_TIMEOUT, WANDB_TIMEOUT_PER_RUN
 from ..model.errors import (
     ConsentRequiredError,
@@ -33,12 +37,14 @@ from ..remote.failures import guard_failure
 from ..remote.ops import (
     BuildContext,
     OpSpec,
+    WandbListing,
     WandbSyncArgs,
     build_wandb_preview,
-    display_wandb_command,
     parse_sync_lines,
     parse_wandb_preview,
     validate_request,
+    wandb_command,
+    wandb_command_template,
 )
 from ..remote.output import UnparseableOutput
 from .call import Call
@@ -47,6 +53,9 @@ from .diagnose import script_failure, unparseable
 
 PREVIEW_TIMEOUT_S = 30.0
 PROGRESS_LINE = "aexp-run: "
+# A preview travels inside the consent error, beside its message and hint: what it may take.
+PREVIEW_CHARS = JSON_CHARS - 3_000
+ONE_PER_RUN = "one `wandb sync` per run"
 
 
 async def wandb_preview(
@@ -85,22 +94,47 @@ async def _preview(
             hint=failure.hint,
             details={"missing_runs": listing.missing},
         )
-    names = [r.name for r in listing.wanted]
+    names = [r.name for r in listing.page]
+    return describe(listing, args, ctx), names, len(listing.skipped)
+
+
+def describe(listing: WandbListing, args: WandbSyncArgs, ctx: BuildContext) -> WandbPreview:
+    """The preview of one page: its runs, every command the upload would run for them (or,
+    when those would not fit, the template), and what the selection holds beyond it."""
+    names = [r.name for r in listing.page]
+    more = listing.selected - len(names)
+    next_page = None
+    if more > 0 and names:
+        next_page = {
+            key: value
+            for key, value in args.model_dump(exclude_none=True).items()
+            if key != "limit"
+        }
+        next_page["after_run"] = names[-1]
+        if args.limit is not None:
+            next_page["limit"] = args.limit - len(names)
     preview = WandbPreview(
-        runs=listing.wanted,
+        runs=listing.page,
         run_count=len(names),
-        total_bytes=sum(r.size_bytes for r in listing.wanted),
+        total_bytes=sum(r.size_bytes for r in listing.page),
         first_run=names[0] if names else None,
         last_run=names[-1] if names else None,
-        runs_truncated=False,
+        command_template=wandb_command_template(ctx),
+        commands=[wandb_command(ctx, name) for name in names],
+        selected_count=listing.selected,
+        selected_bytes=listing.selected_bytes,
+        more_runs=more,
+        next_page=next_page,
         all_runs=listing.all_runs,
         unsynced_runs=listing.unsynced,
-        command=display_wandb_command(ctx, names),
         wandb_available=listing.wandb_available,
         wandb_dir=ctx.wandb_dir,
         wandb_dir_exists=listing.dir_exists,
     )
-    return fit(preview), names, len(listing.skipped)
+    if json_size(preview.model_dump(mode="json")) > PREVIEW_CHARS:
+        # all or none: the template and the runs show the same, whole
+        preview = preview.model_copy(update={"commands": []})
+    return preview
 
 
 def sweep_timeout(runs: int) -> float:
@@ -143,22 +177,32 @@ async def wandb_sync(
             synced_count=0,
             already_synced=skipped,
             runs_truncated=False,
-            command=None,
+            command_template=None,
             output_tail=said,
             warnings=list(call.warnings),
         )
     if not approve:
+        more = preview.more_runs
         raise ConsentRequiredError(
             f"Uploading {len(names)} offline run(s), {human_size(preview.total_bytes)}, to "
-            "Weights & Biases needs the user's approval. Nothing was uploaded.",
-            preview=preview,
-            hint="Show the user the runs, sizes and command in the preview. Only if they "
-            "agree, run {op:wandb_sync} again with {set:approve} and the same arguments."
+            f"Weights & Biases ({ONE_PER_RUN}) needs the user's approval. Nothing was "
+            "uploaded."
             + (
-                " The preview lists the first runs only: narrow with {arg:match}, "
-                "{arg:after_run} (the preview's last_run pages on), {arg:to_run} or "
-                "{arg:limit} to show the user the rest."
-                if preview.runs_truncated
+                f" {more} more selected run(s) are not in this preview, and an approval does "
+                "not cover them."
+                if more
+                else ""
+            ),
+            preview=preview,
+            hint="Show the user the runs and the commands in the preview ("
+            + ONE_PER_RUN
+            + ": `commands`, or `command_template` for each of `runs`). Only if they agree, "
+            "run {op:wandb_sync} again with {set:approve} and the same arguments: it uploads "
+            "exactly these runs."
+            + (
+                " For the runs after them: the same arguments again once these are uploaded, "
+                "or `next_page` to preview them now."
+                if more
                 else ""
             ),
         )
@@ -192,7 +236,14 @@ async def wandb_sync(
         seen = parse_sync_lines(sync.stdout if sync is not None else "")
         done = set(seen["uploaded"]) | set(seen["skipped"])
         raise _with_what_is_left(error, args, names, [n for n in names if n not in done])
-    result = runner.result(call, spec, out, pinned, command=preview.command)
+    result = runner.result(
+        call,
+        spec,
+        out,
+        pinned,
+        command_template=preview.command_template,
+        more_runs=preview.more_runs,
+    )
     assert isinstance(result, WandbSyncResult)
     return result.model_copy(update={"already_synced": result.already_synced + skipped})
 
@@ -225,14 +276,14 @@ async def _left_of(
     (a run is synced once wandb wrote its marker). None when that cannot be known."""
     check = runner.new_call("wandb_preview", None, call.host, call.repo)
     check.set_limit(PREVIEW_TIMEOUT_S)
-    listing_args = WandbSyncArgs()
+    listing_args = WandbSyncArgs(runs=names)
     try:
         with runner.ending(check):
             out = await runner.execute(check, build_wandb_preview(listing_args, ctx))
             listing = parse_wandb_preview(out, listing_args)
     except (RelayError, UnparseableOutput):
         return None
-    unsynced = {r.name for r in listing.wanted}
+    unsynced = {r.name for r in listing.page}
     return [n for n in names if n in unsynced]
 
 

@@ -30,22 +30,31 @@ from ..model.results import (
     WandbSyncResult,
 )
 from ..model.text import tail
+from .counting import (
+    counted,
+    counted_names,
+    counted_status,
+    moved_refs,
+    parse_selected_runs,
+    selected_runs,
+    whole,
+)
 from .output import ScriptOutput, UnparseableOutput
 from .parsing import (
     RUN_NAME_RE,
+    SUBJECT_CHARS,
     ParsedStatus,
-    diff_refs,
+    glob_to_ere,
     parse_commits,
     parse_head_line,
+    parse_moved_refs,
     parse_push_porcelain,
-    parse_ref_snapshot,
     parse_sha,
-    parse_status_z,
-    parse_wandb_runs,
+    parse_status_records,
 )
 from .quoting import Raw, Word, expands, quote_path, render_words
 from .rollback import REPORT_DIR, arm, parse_reports
-from .script import Script, enter_repo, guard, step, variables_set
+from .script import Script, enter_repo, guard, step, step_shell, variables_set
 
 MAX_NAME_LEN = 200
 MAX_RUNS = 500
@@ -253,18 +262,27 @@ STATUS = (
     "--ahead-behind",
     "--find-renames",
 )
-HEAD_LINE = (*GIT, "--no-optional-locks", "log", "-1", "--no-show-signature", "--format=%H%x09%s")
+# A subject git cuts (see parsing.SUBJECT_CHARS), so that no list of them outgrows the cap.
+SUBJECT = f"%H%x09%<({SUBJECT_CHARS},trunc)%s"
+HEAD_LINE = (*GIT, "--no-optional-locks", "log", "-1", "--no-show-signature", f"--format={SUBJECT}")
 REV_HEAD = ("git", "rev-parse", "-q", "--verify", "HEAD")
 LOG_RANGE = (
     *GIT,
     "log",
     f"--max-count={100}",
     "--no-show-signature",
-    "--format=%H%x09%s",
+    f"--format={SUBJECT}",
     Raw('"$o..HEAD"'),
 )
 COUNT_RANGE = ("git", "rev-list", "--count", Raw('"$o..HEAD"'))
-REFS = ("git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/remotes")
+
+
+# Remote-tracking refs, each line tagged B (before a fetch) or A (after): counting.moved_refs.
+def _refs(tag: str) -> str:
+    return render_words(("git", "for-each-ref", f"--format={tag} %(objectname) %(refname)",
+                         "refs/remotes")) + " </dev/null"  # fmt: skip
+
+
 # What the pull, rebase and push defaults in a config could change: autostash, rebasing
 # merges or other branches' refs, squashing, pushing tags or submodules, diffstats.
 # (-c for keys an old git does not know yet: it ignores them; a flag would fail.)
@@ -354,7 +372,15 @@ def _remote_exists(remote: str) -> str:
 
 
 def _state(out: ScriptOutput) -> ParsedStatus:
-    return parse_status_z(out.require("status").stdout)
+    """The status step, counted on the login node (``counting.counted_status``)."""
+    found = counted(out.require("status"), 4)
+    staged, unstaged, untracked, conflicted = found.totals
+    return parse_status_records(found.records, (staged, unstaged, untracked, conflicted))
+
+
+def _status_step(cap: int = 0) -> str:
+    """The status as a step: counted; ``cap`` entries of each kind (0: the branch only)."""
+    return step_shell("status", counted_status(render_words(STATUS), cap))
 
 
 def _stdout(out: ScriptOutput, name: str) -> str:
@@ -377,7 +403,7 @@ def _build_repo_status(args: NoArgs, ctx: BuildContext) -> Script:
     return _seq(
         GIT_PRESENT,
         "b status",
-        f"{render_words(STATUS)} </dev/null & _sp=$!",
+        f"{{ {counted_status(render_words(STATUS))}; }} </dev/null & _sp=$!",
         f"_h=$({render_words(HEAD_LINE)} </dev/null 2>/dev/null); _hr=$?",
         where,
         "wait $_sp; _sr=$?",
@@ -428,29 +454,32 @@ def _build_fetch(args: FetchArgs, ctx: BuildContext) -> Script:
         parts.append(_remote_exists(args.remote))
     parts.append(NO_SSH_PROMPT)
     fetch = _network(step("fetch", *FETCH, "--prune", *target))
-    parts.append(
-        f"{step('before', *REFS)} && {fetch} && {step('after', *REFS)} && {step('status', *STATUS)}"
+    # Which refs moved is worked out on the login node (the before-listing in a variable,
+    # never printed): 20,000 refs with long names are megabytes. What matters first: the
+    # upstream ($_up), then its remote's branches ($_upre).
+    upstream = (
+        "_up=$(git rev-parse -q --symbolic-full-name '@{upstream}' </dev/null 2>/dev/null); "
+        "_upre=; case $_up in refs/remotes/*/*) _ur=${_up#refs/remotes/}; "
+        '_upre="refs/remotes/${_ur%%/*}/" ;; esac'
     )
+    moved = moved_refs("printf '%s\\n' \"$_rb\"", _refs("A"))
+    parts += [upstream, f"_rb=$({_refs('B')})"]
+    parts.append(f"{fetch} && {step_shell('moved', moved)} && {_status_step()}")
     return _seq(*parts)
 
 
 def _parse_fetch(out: ScriptOutput, args: FetchArgs) -> dict[str, Any]:
-    before = parse_ref_snapshot(_stdout(out, "before"))
-    after = parse_ref_snapshot(_stdout(out, "after"))
-    state = _state(out).state
-    moved = diff_refs(before, after)
-    # What matters most first: the current branch's upstream, its remote's branches, the rest.
-    upstream = state.upstream or ""
-    remote = upstream.split("/", 1)[0] + "/" if "/" in upstream else "\0"
-    moved.sort(key=lambda u: (u.ref != upstream, not u.ref.startswith(remote), u.ref))
+    found = counted(out.require("moved"), 3, prefix="0 ")
+    moved = parse_moved_refs(found.records)
+    new, updated, deleted = found.totals
     return {
         "remote": args.remote or "all",
-        "updated_refs": moved,
-        "new_count": sum(u.change == "new" for u in moved),
-        "updated_count": sum(u.change == "updated" for u in moved),
-        "deleted_count": sum(u.change == "deleted" for u in moved),
-        "refs_truncated": False,
-        "after": state,
+        "updated_refs": moved,  # what matters first: the upstream, its remote's, the rest
+        "new_count": new,
+        "updated_count": updated,
+        "deleted_count": deleted,
+        "refs_truncated": len(moved) < new + updated + deleted,
+        "after": _state(out).state,
     }
 
 
@@ -485,7 +514,7 @@ def _after_history() -> str:
     return (
         f"{step('new', *REV_HEAD)} && "
         f'{{ if [ -n "$o" ]; then {step("log", *LOG_RANGE)} && '
-        f"{step('count', *COUNT_RANGE)}; fi; }} && {step('status', *STATUS)}"
+        f"{step('count', *COUNT_RANGE)}; fi; }} && {_status_step()}"
     )
 
 
@@ -541,7 +570,10 @@ def _build_rebase(args: NoArgs, ctx: BuildContext) -> Script:
         '! git merge-base --is-ancestor "$t" "$o"; then '
         "git var GIT_COMMITTER_IDENT >/dev/null 2>&1 || f git_identity_missing; fi"
     )
-    conflicts = step("conflicts", *GIT, "diff", "--name-only", "--diff-filter=U", "-z")
+    conflicts = step_shell(
+        "conflicts",
+        counted_names(render_words((*GIT, "diff", "--name-only", "--diff-filter=U", "-z"))),
+    )
     return _mutating(
         "rebase",
         ctx,
@@ -576,7 +608,7 @@ def _build_push(args: PushArgs, ctx: BuildContext) -> Script:
 
 
 def _parse_push(out: ScriptOutput, args: PushArgs) -> dict[str, Any]:
-    refs = parse_push_porcelain(_stdout(out, "push"))
+    refs = parse_push_porcelain(whole(out.require("push")))
     if not refs:
         raise UnparseableOutput("git push --porcelain reported no ref")
     return {
@@ -590,12 +622,13 @@ def _parse_push(out: ScriptOutput, args: PushArgs) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- wandb
 
-# Lists <dir>/offline-run-* as "<name>\t<KiB>\t<synced 0|1>", in a few processes whatever
-# the number of runs (one du for all). A run counts as synced when run-<id>.wandb.synced
-# sits next to run-<id>.wandb, which is what `wandb sync` writes.
+# Lists <dir>/offline-run-* as "<name>\t<KiB>\t<synced 0|1>", by name, in a few processes
+# whatever the number of runs (du through xargs: 50,000 names are more than one command
+# line holds). A run counts as synced when run-<id>.wandb.synced sits next to
+# run-<id>.wandb, which is what `wandb sync` writes. counting.selected_runs selects them.
 LIST_RUNS = (
     'cd -- "$1" 2>/dev/null || exit 0; '
-    "{ du -sk -- offline-run-*/ 2>/dev/null; echo --; "
+    "{ printf '%s\\0' offline-run-*/ | xargs -0 du -sk -- 2>/dev/null; echo --; "
     'for d in offline-run-*; do [ -d "$d" ] || continue; i=${d##*-}; '
     'if [ -e "$d/run-$i.wandb.synced" ]; then printf \'%s\\t1\\n\' "$d"; '
     "else printf '%s\\t0\\n' \"$d\"; fi; done; } | "
@@ -611,7 +644,7 @@ SYNC_RUNS = (
     'if [ ! -d "$d/$r" ]; then printf \'missing %s\\n\' "$r"; exit 3; fi; '
     'if [ -e "$d/$r/run-${r##*-}.wandb.synced" ]; then '
     "printf 'skipped %s\\n' \"$r\"; continue; fi; "
-    '{WANDB} sync "$d/$r" </dev/null || { _x=$?; printf \'failed %s\\n\' "$r"; exit $_x; }; '
+    '{WANDB} sync "$d/$r" </dev/null >&2 || { _x=$?; printf \'failed %s\\n\' "$r"; exit $_x; }; '
     'printf \'uploaded %s\\n\' "$r"; printf \'aexp-run: %s/%s %s\\n\' "$k" "$n" "$r" >&2; done'
 )
 
@@ -641,11 +674,19 @@ def _wandb_program(ctx: BuildContext) -> list[Word]:
     return [_path_word(w) if i == 0 else w for i, w in enumerate(ctx.wandb_words)]
 
 
-def display_wandb_command(ctx: BuildContext, runs: list[str]) -> str:
-    """The command for the first run; the same runs for each of them in turn."""
-    if not runs:
-        return ""
-    return render_words([*_wandb_program(ctx), "sync", _path_word(run_path(ctx, runs[0]))])
+def wandb_command(ctx: BuildContext, run: str) -> str:
+    """The exact command the upload runs for one run, as the login node gets it."""
+    return render_words([*_wandb_program(ctx), "sync", _path_word(run_path(ctx, run))])
+
+
+RUN_PLACEHOLDER = "<run>"
+
+
+def wandb_command_template(ctx: BuildContext) -> str:
+    """``wandb_command`` with ``<run>`` where each run's name goes (a name needs no quoting:
+    letters, digits and ``_ . -`` only)."""
+    sample = "offline-run-0"
+    return wandb_command(ctx, sample).replace(sample, RUN_PLACEHOLDER)
 
 
 def _wandb_probe(ctx: BuildContext) -> str:
@@ -655,37 +696,48 @@ def _wandb_probe(ctx: BuildContext) -> str:
 
 def build_wandb_preview(args: WandbSyncArgs, ctx: BuildContext) -> Script:
     directory = render_words([_path_word(ctx.wandb_dir)])
+    listing = render_words(["sh", "-c", LIST_RUNS, "sh", _path_word(ctx.wandb_dir)])
+    selected = selected_runs(
+        listing,
+        names=args.runs,
+        glob_ere=glob_to_ere(args.match) if args.match is not None else "",
+        after=args.after_run or "",
+        to=args.to_run or "",
+        limit=args.limit or 0,
+    )
     return _seq(
         f"{variables_set(ctx.wandb_dir)}b wandb_dir; [ -d {directory} ]; e wandb_dir $?",
-        step("runs", "sh", "-c", LIST_RUNS, "sh", _path_word(ctx.wandb_dir)),
+        step_shell("runs", selected),
         _wandb_probe(ctx),
     )
 
 
 @dataclass(frozen=True)
 class WandbListing:
-    """What the wandb directory holds, and which of it the call's arguments select."""
+    """What the wandb directory holds, and which of it the call's arguments select: all
+    counted on the login node, whatever the sweep's size."""
 
-    wanted: list[WandbRun]  # selected and not synced, by name, limit applied
+    page: list[WandbRun]  # what one approval covers: the first selected runs, by name
     skipped: list[str]  # named explicitly, but synced already
     missing: list[str]  # named explicitly, but not there
     all_runs: int
     unsynced: int
+    selected: int  # unsynced runs the arguments select, limit applied
+    selected_bytes: int
     wandb_available: bool
     dir_exists: bool
 
 
 def parse_wandb_preview(out: ScriptOutput, args: WandbSyncArgs) -> WandbListing:
-    listed = parse_wandb_runs(_stdout(out, "runs"))
-    names = {r.name for r in listed}
-    selected = [r for r in listed if args.selects(r.name)]
-    wanted = [r for r in selected if not r.synced]
+    found = parse_selected_runs(out.require("runs"))
     return WandbListing(
-        wanted=wanted[: args.limit] if args.limit is not None else wanted,
-        skipped=[r.name for r in selected if r.synced and args.runs is not None],
-        missing=sorted(set(args.runs or ()) - names),
-        all_runs=len(listed),
-        unsynced=sum(not r.synced for r in listed),
+        page=[WandbRun(name=n, size_bytes=kib * 1024, synced=False) for n, kib in found.page],
+        skipped=found.skipped,
+        missing=sorted(found.missing),
+        all_runs=found.all_runs,
+        unsynced=found.unsynced,
+        selected=found.selected,
+        selected_bytes=found.selected_kib * 1024,
         wandb_available=out.require("wandb").exit_code == 0,
         dir_exists=out.require("wandb_dir").exit_code == 0,
     )
@@ -713,7 +765,7 @@ def parse_sync_lines(text: str) -> dict[str, list[str]]:
 
 def _parse_wandb_sync(out: ScriptOutput, args: WandbSyncArgs) -> dict[str, Any]:
     sec = out.require("sync")
-    seen = parse_sync_lines(sec.stdout)
+    seen = parse_sync_lines(whole(sec))
     if len(seen["uploaded"]) + len(seen["skipped"]) != len(args.runs or []):
         raise UnparseableOutput(
             f"the upload accounted for {len(seen['uploaded']) + len(seen['skipped'])} of "

@@ -33,6 +33,7 @@ class ScriptOutput:
     |----------------|------------------------------------------------------------|
     | started        | the start marker arrived (the login shell ran our command) |
     | remote_pid     | the remote process group, from the start marker            |
+    | login_shell    | the account's login shell ($SHELL), from the start marker  |
     | exit_code      | the script's own status; None: it never reported (killed, dropped) |
     | kind           | a guard's failure kind                                     |
     | sections       | each step's stdout and stderr, between its begin and end   |
@@ -45,6 +46,7 @@ class ScriptOutput:
     remote_pid: int | None
     kind: str | None
     sections: dict[str, Section] = field(default_factory=dict)
+    login_shell: str | None = None
     stdout: str = ""
     stderr: str = ""
     shell_stdout: str = ""
@@ -68,6 +70,7 @@ class _Stream:
     sections: dict[str, tuple[str, int]] = field(default_factory=dict)
     started: bool = False
     pid: int | None = None
+    shell: str | None = None
     exit_code: int | None = None
     kind: str | None = None
 
@@ -95,6 +98,7 @@ def _read_stream(text: str, nonce: str) -> _Stream:
             stream.started = True
             stream.pre = text[1 : match.start()]
             stream.pid = int(args[0]) if args and args[0].isdigit() else None
+            stream.shell = " ".join(args[1:]) or None
             pos = match.end()
             continue
         chunk = text[pos : match.start()]
@@ -134,6 +138,7 @@ def parse_script_output(stdout: str, stderr: str, nonce: str) -> ScriptOutput:
         remote_pid=err.pid if err.pid is not None else out.pid,
         kind=err.kind,
         sections=sections,
+        login_shell=err.shell or out.shell,
         stdout="".join(out.body),
         stderr="".join(err.body).strip("\n"),
         shell_stdout=out.pre,

@@ -6,11 +6,14 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..model.results import BranchState, Commit, FileEntry, PushedRef, RefUpdate, WandbRun
+from ..model.results import BranchState, Commit, FileEntry, PushedRef, RefUpdate
 from ..model.text import clean_text
 
 LIST_CAP = 200
 COMMIT_CAP = 100
+# git cuts a subject longer than this (``%<(N,trunc)``: ".." at the end; shorter ones come
+# padded with spaces), so that no commit list outgrows the output cap.
+SUBJECT_CHARS = 500
 
 
 # --------------------------------------------------------------------------- status
@@ -31,8 +34,12 @@ class ParsedStatus:
         return any(n > k for n, k in zip(self.counts, shown, strict=True))
 
 
-def parse_status_z(text: str, cap: int = LIST_CAP) -> ParsedStatus:
-    """Parse ``git status --porcelain=v2 --branch -z``."""
+def parse_status_records(
+    records: list[str], counts: tuple[int, int, int, int], cap: int = LIST_CAP
+) -> ParsedStatus:
+    """``git status --porcelain=v2 --branch`` records (as ``counting`` prints them: the
+    first entries of each kind) and the exact ``counts`` (staged, unstaged, untracked,
+    conflicted) counted where git ran. The counts never come from the records."""
     branch: str | None = None
     head: str | None = None
     upstream: str | None = None
@@ -42,8 +49,6 @@ def parse_status_z(text: str, cap: int = LIST_CAP) -> ParsedStatus:
     unstaged: list[FileEntry] = []
     untracked: list[str] = []
     conflicted: list[str] = []
-    counts = [0, 0, 0, 0]
-    records = text.split("\0")
     i = 0
     while i < len(records):
         rec = records[i]
@@ -71,24 +76,17 @@ def parse_status_z(text: str, cap: int = LIST_CAP) -> ParsedStatus:
                 orig = clean_text(records[i])
                 i += 1
             entry = FileEntry(path=path, status=xy, orig_path=orig)
-            if xy[0] != ".":
-                counts[0] += 1
-                if len(staged) < cap:
-                    staged.append(entry)
-            if xy[1] != ".":
-                counts[1] += 1
-                if len(unstaged) < cap:
-                    unstaged.append(entry)
+            if xy[0] != "." and len(staged) < cap:
+                staged.append(entry)
+            if xy[1] != "." and len(unstaged) < cap:
+                unstaged.append(entry)
         elif rec.startswith("u "):
-            counts[3] += 1
             if len(conflicted) < cap:
                 conflicted.append(clean_text(rec.split(" ", 10)[-1]))
-        elif rec.startswith("? "):
-            counts[2] += 1
-            if len(untracked) < cap:
-                untracked.append(clean_text(rec[2:]))
+        elif rec.startswith("? ") and len(untracked) < cap:
+            untracked.append(clean_text(rec[2:]))
     state = BranchState(branch=branch, head=head, upstream=upstream, ahead=ahead, behind=behind)
-    return ParsedStatus(state, staged, unstaged, untracked, conflicted, tuple(counts))  # type: ignore[arg-type]
+    return ParsedStatus(state, staged, unstaged, untracked, conflicted, counts)
 
 
 def parse_head_line(text: str) -> tuple[str | None, str | None]:
@@ -96,15 +94,16 @@ def parse_head_line(text: str) -> tuple[str | None, str | None]:
     if not line:
         return None, None
     sha, _, subject = line.partition("\t")
-    return sha or None, clean_text(subject)
+    return sha or None, clean_text(subject.rstrip(" "))
 
 
 def parse_commits(text: str, cap: int = COMMIT_CAP) -> list[Commit]:
+    """``<sha>\\t<subject>`` lines; a subject git cut to SUBJECT_CHARS comes padded."""
     commits = []
     for line in text.splitlines():
         sha, sep, subject = line.partition("\t")
         if sep and re.fullmatch(r"[0-9a-f]{7,64}", sha):
-            commits.append(Commit(sha=sha, subject=clean_text(subject)))
+            commits.append(Commit(sha=sha, subject=clean_text(subject.rstrip(" "))))
         if len(commits) >= cap:
             break
     return commits
@@ -155,24 +154,23 @@ class GitProgress:
 # --------------------------------------------------------------------------- fetch
 
 
-def parse_ref_snapshot(text: str) -> dict[str, str]:
-    refs = {}
-    for line in text.splitlines():
-        sha, _, ref = line.partition(" ")
-        if ref and not ref.endswith("/HEAD"):
-            refs[ref] = sha
-    return refs
-
-
-def diff_refs(before: dict[str, str], after: dict[str, str]) -> list[RefUpdate]:
+def parse_moved_refs(records: list[str]) -> list[RefUpdate]:
+    """Lines ``<class> <ref> <old|-> <new|-> <change>`` (``counting.moved_refs``), in the
+    order given: what matters first."""
     updates = []
-    for ref in sorted(set(before) | set(after)):
-        old, new = before.get(ref), after.get(ref)
-        if old == new:
+    for line in records:
+        parts = line.split(" ")
+        if len(parts) != 5 or parts[4] not in ("new", "updated", "deleted"):
             continue
-        change = "new" if old is None else "deleted" if new is None else "updated"
-        short = clean_text(ref.removeprefix("refs/remotes/"))
-        updates.append(RefUpdate(ref=short, old=old, new=new, change=change))
+        _, ref, old, new, change = parts
+        updates.append(
+            RefUpdate(
+                ref=clean_text(ref.removeprefix("refs/remotes/")),
+                old=None if old == "-" else old,
+                new=None if new == "-" else new,
+                change=change,
+            )
+        )
     return updates
 
 
@@ -215,13 +213,17 @@ def parse_push_porcelain(text: str) -> list[PushedRef]:
 RUN_NAME_RE = re.compile(r"^offline-run-[A-Za-z0-9_.-]+$")
 
 
-def parse_wandb_runs(text: str) -> list[WandbRun]:
-    """Lines ``<name>\\t<KiB>\\t<synced 0|1>`` from the run listing."""
-    runs = []
-    for line in text.splitlines():
-        parts = line.split("\t")
-        if len(parts) != 3 or not RUN_NAME_RE.match(parts[0]) or ".." in parts[0]:
+def glob_to_ere(glob: str) -> str:
+    """A run-name glob (letters, digits, ``_ . - * ? [ ]``) as an anchored POSIX ERE with
+    no backslash (awk reads escapes in ``-v`` values): what ``fnmatch`` would match."""
+    out, i = ["^"], 0
+    while i < len(glob):
+        ch = glob[i]
+        close = glob.find("]", i + 2) if ch == "[" else -1
+        if ch == "[" and close > 0:
+            out.append(glob[i : close + 1])  # * ? . inside brackets are literal in both
+            i = close + 1
             continue
-        kib = int(parts[1]) if parts[1].isdigit() else 0
-        runs.append(WandbRun(name=parts[0], size_bytes=kib * 1024, synced=parts[2] == "1"))
-    return sorted(runs, key=lambda r: r.name)
+        out.append({"*": ".*", "?": ".", ".": "[.]", "[": "[[]", "]": "[]]"}.get(ch, ch))
+        i += 1
+    return "".join(out) + "$"

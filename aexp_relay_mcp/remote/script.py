@@ -1,11 +1,13 @@
-"""Pure: the remote command string and its status markers.
+"""Pure: the remote command and its status markers.
 
 Every value that came from outside reaches the remote shell through ``quoting.quote()``.
 Everything else in a remote command is a literal written here or in ``ops.py``.
 
-Shape of the command the login node runs (its login shell, then ``sh``)::
+The command is a POSIX ``sh`` script. The transport hands it to the account's login
+shell, whatever that is, through the one seam (``ssh.login_shell``): the login shell
+``exec``s ``/bin/sh``, which decodes it and runs::
 
-    printf '<mark> start <$$>'; printf '<mark> start <$$>' >&2   # on both streams
+    printf '<mark> start <$$> <$SHELL>'; ... >&2        # on both streams
     exec timeout -k GRACE LIMIT sh -c '<script>'      # when coreutils timeout exists
 
 and ``<script>`` is::
@@ -45,6 +47,16 @@ def step(name: str, *argv: Word) -> str:
     if not _STEP_NAME_RE.match(name):
         raise ValueError(f"bad step name {name!r}")
     return f"s {name} {render_words(argv)}"
+
+
+def step_shell(name: str, text: str) -> str:
+    """Run shell text as a named step (stdin /dev/null), like ``step``: for a pipeline,
+    which is no argv. ``text`` is shell written in this package; values in it were quoted
+    where it was built."""
+    if not _STEP_NAME_RE.match(name):
+        raise ValueError(f"bad step name {name!r}")
+    # one compound command, so that `a && step_shell(...)` chains as `a && step(...)` does
+    return f"{{ b {name}; {{ {text}; }} </dev/null; _r=$?; e {name} $_r; (exit $_r); }}"
 
 
 def guard(kind: str, *argv: Word) -> str:
@@ -125,13 +137,15 @@ def enter_repo(repo: str) -> str:
 
 
 def start_marker_command(nonce: str) -> str:
-    """What the login shell runs first: the start marker, with its pid, on both streams.
+    """What runs first: the start marker, with its pid and the account's login shell
+    (``$SHELL``, as sshd set it), on both streams.
 
-    Everything a login shell prints before it (banners from ~/.bashrc, module notices)
-    comes before this line, and the parser sets it aside.
+    Everything the login shell prints before it (banners from ~/.bashrc or ~/.cshrc,
+    module notices, fish greetings) comes before this line, and the parser sets it aside.
     """
     mark = quote(marker(nonce))
-    return f"printf '\\n%s start %s\\n' {mark} \"$$\"; printf '\\n%s start %s\\n' {mark} \"$$\" >&2"
+    line = f'printf \'\\n%s start %s %s\\n\' {mark} "$$" "${{SHELL:-unknown}}"'
+    return f"{line}; {line} >&2"
 
 
 def build_remote_command(
@@ -144,7 +158,8 @@ def build_remote_command(
     enter: bool = True,
     undo_s: float = 0.0,
 ) -> str:
-    """The string handed to ssh: bounded on the login node by coreutils ``timeout``.
+    """The script the login node runs (through ``ssh.login_shell``), bounded there by
+    coreutils ``timeout``.
 
     ``timeout`` makes itself a process-group leader whose id is the ``$$`` reported in
     the start marker, so a later kill of that group ends everything the op started. Its

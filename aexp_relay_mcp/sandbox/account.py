@@ -1,13 +1,18 @@
-"""The remote account: who logs in, its home, and its login-shell profile.
+"""The remote account: who logs in, its login shell, its home, and its rc-file profile.
 
 Each sandbox gets its own home (sshd's ``SetEnv HOME``), so its rc files are its own.
+The login shell is the account's (``shell=``): bash, or, as root, one account per shell
+(``aexp-sbx-tcsh``, ``aexp-sbx-fish``...), since sshd always runs the account's own.
 Profiles:
 
 * ``clean``: empty rc files, the account benchmarks measure;
-* ``noisy``: what many clusters have. ~/.bashrc (which Debian's bash reads for ssh
-  commands) prints a banner on stdout, module notices and a tty complaint on stderr, a
-  line that looks like a relay marker, and sleeps 0.3 s as a conda init would; below its
-  interactive-only guard it sets an https proxy, as cluster docs tell users to.
+* ``noisy``: what many clusters have, in the rc file that shell reads for an ssh command
+  (bash: ~/.bashrc; zsh: ~/.zshenv; tcsh and csh: ~/.cshrc; fish: config.fish). It
+  prints a banner on stdout, module notices and a tty complaint on stderr, a line that
+  looks like a relay marker, loads modules, and sleeps 0.3 s as a conda init would; below
+  its interactive-only guard it sets an https proxy, as cluster docs tell users to. tcsh
+  gets a noisy ~/.login too (read only by interactive logins), fish a greeting. ksh, mksh
+  and dash read no rc file for a command: their noisy profile is as quiet as clean.
 
 Git configurations (``gitconfig``), for the account and the system:
 
@@ -23,9 +28,12 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from .sshd import SandboxError
 
 SANDBOX_USER = "aexp-sbx"
 NOISY_DELAY_S = 0.3
@@ -43,6 +51,55 @@ case $- in *i*) ;; *) return ;; esac
 # interactive shells only, as many cluster docs have it:
 export https_proxy=http://proxy.aexp-sandbox.invalid:3128
 """
+
+NOISY_CSHRC = """# ~/.cshrc of the aexp sandbox login node (tcsh): noisy and slow, as on clusters.
+echo "=================================================================="
+echo "  Welcome to login1.aexp-sandbox (tcsh). Scratch is purged after 30 days."
+echo "=================================================================="
+echo "@AEXP-0123456789abcdef@ start 1"
+alias module 'echo "Lmod: loading \\!* (git/2.39, python/3.11)" > /dev/stderr'
+module load default
+echo "stdin: is not a tty" > /dev/stderr
+sleep {delay}
+if ( ! $?prompt ) exit
+# interactive shells only, as many cluster docs have it:
+setenv https_proxy http://proxy.aexp-sandbox.invalid:3128
+"""
+
+NOISY_LOGIN = """# ~/.login: csh and tcsh read it for interactive logins only, never for a command.
+echo "~/.login: you have new mail"
+echo "quota: 97% of your home is used" > /dev/stderr
+"""
+
+NOISY_CONFIG_FISH = """# ~/.config/fish/config.fish of the aexp sandbox login node: noisy and slow.
+echo "=================================================================="
+echo "  Welcome to login1.aexp-sandbox (fish). Scratch is purged after 30 days."
+echo "=================================================================="
+echo "@AEXP-0123456789abcdef@ start 1"
+function module; echo "Lmod: loading $argv (git/2.39, python/3.11)" >&2; end
+module load default
+echo "stdin: is not a tty" >&2
+sleep {delay}
+function fish_greeting; echo "Hi from fish!"; end
+status is-interactive; or return
+# interactive shells only, as many cluster docs have it:
+set -gx https_proxy http://proxy.aexp-sandbox.invalid:3128
+"""
+
+# The rc files each login shell reads for a command over ssh, and the noisy text of each.
+NOISY_RC: dict[str, tuple[tuple[str, str], ...]] = {
+    "bash": ((".bashrc", NOISY_BASHRC), (".profile", NOISY_BASHRC)),
+    "zsh": ((".zshenv", NOISY_BASHRC.replace("case $- in *i*) ;; *) return ;; esac",
+                                             "[[ -o interactive ]] || return")),),
+    "tcsh": ((".cshrc", NOISY_CSHRC), (".login", NOISY_LOGIN)),
+    "csh": ((".cshrc", NOISY_CSHRC), (".login", NOISY_LOGIN)),
+    "fish": ((".config/fish/config.fish", NOISY_CONFIG_FISH),),
+    "mksh": (),
+    "ksh": (),
+    "dash": (),
+    "nologin": (),  # not a shell at all: "This account is currently not available."
+}  # fmt: skip
+SHELLS = tuple(NOISY_RC)
 
 POWER_GITCONFIG = """# ~/.gitconfig of a power user on the aexp sandbox login node.
 [user]
@@ -138,31 +195,65 @@ class LoginUser:
     uid: int
     gid: int
     home: str
+    shell: str = "/bin/bash"
 
 
 def current_user() -> LoginUser:
     pw = pwd.getpwuid(os.geteuid())
-    return LoginUser(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir)
+    return LoginUser(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir, pw.pw_shell)
 
 
-def login_user() -> LoginUser:
-    """As root, a dedicated user (created once) so no rc file of root's gets in the way."""
+def shell_path(shell: str) -> str:
+    """Where the login shell is installed; SandboxError when it is not."""
+    if shell not in SHELLS:
+        raise ValueError(f"unknown login shell {shell!r}; one of {SHELLS}")
+    found = shutil.which(shell, path="/bin:/usr/bin:/usr/local/bin:/usr/sbin:/sbin")
+    if found is None:
+        raise SandboxError(
+            f"the login shell {shell} is not installed: apt-get install -y {shell} "
+            "(Debian/Ubuntu; csh comes with tcsh)"
+        )
+    return found
+
+
+def login_user(shell: str = "bash") -> LoginUser:
+    """As root, a dedicated user per login shell (created once; bash's is ``aexp-sbx``),
+    so no rc file of root's gets in the way. Not root: the current user, bash only."""
     if os.geteuid() != 0:
+        if shell != "bash":
+            raise SandboxError(
+                f"a {shell} login shell needs an account of its own, which needs root"
+            )
         return current_user()
+    path = shell_path(shell)
+    name = SANDBOX_USER if shell == "bash" else f"{SANDBOX_USER}-{shell}"
     try:
-        pw = pwd.getpwnam(SANDBOX_USER)
+        pw = pwd.getpwnam(name)
     except KeyError:
-        home = f"/var/lib/{SANDBOX_USER}"
+        home = f"/var/lib/{name}"
         subprocess.run(
-            ["useradd", "--system", "--create-home", "--home-dir", home, "--shell", "/bin/bash",
-             SANDBOX_USER],
+            ["useradd", "--system", "--create-home", "--home-dir", home, "--shell", path, name],
             check=True,
             capture_output=True,
-        )  # fmt: skip
+        )
         # sshd without PAM refuses a locked account ("!"); "*" has no password but is open.
-        subprocess.run(["usermod", "-p", "*", SANDBOX_USER], check=True, capture_output=True)
-        pw = pwd.getpwnam(SANDBOX_USER)
-    return LoginUser(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir)
+        subprocess.run(["usermod", "-p", "*", name], check=True, capture_output=True)
+        pw = pwd.getpwnam(name)
+    if pw.pw_shell != path:
+        subprocess.run(["usermod", "-s", path, name], check=True, capture_output=True)
+    _list_in_etc_shells(path)
+    return LoginUser(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir, path)
+
+
+def _list_in_etc_shells(path: str) -> None:
+    """As chsh would: a login shell not in /etc/shells is refused by some services."""
+    try:
+        listed = Path("/etc/shells").read_text().split()
+    except OSError:
+        listed = []
+    if path not in listed:
+        with open("/etc/shells", "a") as shells:
+            shells.write(f"{path}\n")
 
 
 INTRUDER = "aexp-intruder"
@@ -234,15 +325,36 @@ class Account:
             path.chmod(0o644)
             self._own(path)
 
+    @property
+    def shell(self) -> str:
+        """The login shell's name: bash, tcsh, fish..."""
+        return os.path.basename(self.user.shell)
+
     def set_profile(self, profile: str) -> None:
+        """clean or noisy, in the rc files the account's login shell reads (every shell's
+        rc files exist, empty but for those: a clean account is clean whatever reads it)."""
         if profile not in self.PROFILES:
             raise ValueError(f"unknown profile {profile!r}; one of {self.PROFILES}")
         self.profile = profile
-        bashrc = NOISY_BASHRC.format(delay=self.delay_s) if profile == "noisy" else ""
-        for name, text in ((".bashrc", bashrc), (".profile", bashrc)):
+        mine = dict(NOISY_RC.get(self.shell, ())) if profile == "noisy" else {}
+        every = {name for files in NOISY_RC.values() for name, _ in files}
+        for name in sorted(every):
             path = self.home / name
-            path.write_text(text)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._own(path.parent)
+            path.write_text(mine.get(name, "").format(delay=self.delay_s))
             self._own(path)
+
+    def break_login_shell(self) -> None:
+        """An ``exec`` at the top of the rc file, as a user who prefers another shell puts
+        there: the login shell becomes ``/bin/sh`` reading nothing, and never runs the
+        command it was given."""
+        files = NOISY_RC.get(self.shell, ())
+        if not files:
+            raise ValueError(f"{self.shell} reads no rc file for a command")
+        path = self.home / files[0][0]
+        path.write_text("exec /bin/sh\n" + path.read_text())
+        self._own(path)
 
     def _own(self, path: Path) -> None:
         if os.geteuid() == 0 and self.user.uid != 0:

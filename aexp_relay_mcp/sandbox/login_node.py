@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -18,7 +19,7 @@ from .account import MFA_PASSWORD, Account, LoginUser, current_user, login_user,
 from .delay_proxy import DelayProxy
 from .repos import Repos
 from .sshd import SandboxError, SshServer, free_port, sshd_available
-from .wandb_stub import install_wandb, make_runs, make_sweep
+from .wandb_stub import install_wandb, make_runs, make_sweep, received
 
 # A power user's settings in the checkout's own config (the rest are in ~/.gitconfig).
 POWER_REPO_CONFIG = (
@@ -27,6 +28,9 @@ POWER_REPO_CONFIG = (
     ("rebase.autoStash", "true"),
     ("log.showSignature", "true"),
 )
+
+KEY_NAMES = ("host_ed25519", "client_ed25519", "other_host_ed25519", "stranger_ed25519")
+_KEYS: Path | None = None  # this process's keys, copied into each sandbox
 
 HOST_ALIAS = "aexp-sandbox"
 # Test aliases: one whose ProxyCommand hangs, one with a wrong known host key,
@@ -70,10 +74,13 @@ class Sandbox:
         standin: bool = False,
         profile: str = "clean",
         gitconfig: str = "plain",
+        shell: str = "bash",
         bastion: bool = False,
         mfa: bool = False,
     ) -> None:
-        """``standin=True``: no sshd; ops go through a local stand-in for ssh (labelled so)."""
+        """``standin=True``: no sshd; ops go through a local stand-in for ssh (labelled so).
+        ``shell``: the login user's login shell (bash, zsh, tcsh, csh, fish, mksh, ksh,
+        dash); any but bash needs root (an account of its own)."""
         if mfa and os.geteuid() != 0:
             raise SandboxError("the MFA stand-in checks a password, which needs root")
         self.standin = standin
@@ -87,7 +94,7 @@ class Sandbox:
         self.audit_log = self.root / "audit.log"
         self.ssh_config = self.ssh_dir / "ssh_config"
         self.ssh_bin = "ssh"
-        self.user: LoginUser = current_user() if standin else login_user()
+        self.user: LoginUser = current_user() if standin else login_user(shell)
         self.account = Account(self.user, self.root / "home")
         self.account.profile = profile
         self.account.gitconfig = gitconfig
@@ -203,6 +210,10 @@ class Sandbox:
     def set_profile(self, profile: str) -> None:
         """Switch the login shell's rc files (clean or noisy); takes effect at once."""
         self.account.set_profile(profile)
+
+    def break_login_shell(self) -> None:
+        """The account's rc file ``exec``s another shell: every command is swallowed."""
+        self.account.break_login_shell()
 
     @property
     def profile(self) -> str:
@@ -354,6 +365,10 @@ class Sandbox:
                 config.write(self._host_block(FAR_ALIAS, proxy.port))
             yield FAR_ALIAS
 
+    def wandb_received(self) -> list[list[str]]:
+        """Every call the stub wandb got, each its exact argv (the program first)."""
+        return received(self.wandb_log)
+
     def undo_reports(self) -> dict[str, str]:
         """Reports the undo of cut ops left in the checkout: request id -> text."""
         where = self.cluster / ".git" / "aexp-relay"
@@ -405,12 +420,22 @@ class Sandbox:
     # ------------------------------------------------------------------ keys and clients
 
     def _keys(self) -> None:
-        for name in ("host_ed25519", "client_ed25519", "other_host_ed25519", "stranger_ed25519"):
-            subprocess.run(
-                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "aexp-sandbox",
-                 "-f", str(self.ssh_dir / name)],
-                check=True,
-            )  # fmt: skip
+        """Host and client keys: made at run time (never committed), once per process, and
+        copied into each sandbox."""
+        global _KEYS
+        if _KEYS is None or not _KEYS.is_dir():
+            where = Path(tempfile.mkdtemp(prefix="aexp-keys-", dir="/tmp"))
+            atexit.register(shutil.rmtree, where, True)
+            for name in KEY_NAMES:
+                subprocess.run(
+                    ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "aexp-sandbox",
+                     "-f", str(where / name)],
+                    check=True,
+                )  # fmt: skip
+            _KEYS = where
+        for name in KEY_NAMES:
+            for suffix in ("", ".pub"):
+                shutil.copy2(_KEYS / f"{name}{suffix}", self.ssh_dir / f"{name}{suffix}")
         shutil.copy(self.ssh_dir / "client_ed25519.pub", self.ssh_dir / "authorized_keys")
         os.chmod(self.ssh_dir / "authorized_keys", 0o644)
 

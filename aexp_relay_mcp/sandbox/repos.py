@@ -3,13 +3,21 @@ tools work on, and a second clone for "someone else pushed"."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from .account import LoginUser
 from .sshd import SandboxError
+
+REPO_NAMES = ("origin.git", "cluster", "other")
+# The repositories made once per process and login user (uid -> where), then copied into
+# each sandbox: a test suite makes hundreds of sandboxes, and git's dozen processes are most
+# of the cost of one.
+_TEMPLATES: dict[int, Path] = {}
 
 
 class Repos:
@@ -21,6 +29,31 @@ class Repos:
         self.other = remote_dir / "other"
 
     def create(self) -> None:
+        """origin, cluster and other: a copy (owners kept) of the ones this process made
+        for the login user first, pointed at this sandbox's own paths."""
+        template = _TEMPLATES.get(self.user.uid)
+        if template is None or not template.is_dir():
+            where = Path(tempfile.mkdtemp(prefix="aexp-tpl-", dir="/tmp"))
+            atexit.register(shutil.rmtree, where, True)
+            os.chmod(where, 0o711)
+            maker = Repos(where, self.user)
+            maker.own(where)
+            maker.build()
+            template = _TEMPLATES[self.user.uid] = where
+        subprocess.run(
+            ["cp", "-a", *(str(template / name) for name in REPO_NAMES), str(self.remote_dir)],
+            check=True,
+            capture_output=True,
+        )
+        for config in (
+            self.origin / "config",
+            self.cluster / ".git" / "config",
+            self.other / ".git" / "config",
+        ):
+            text = config.read_text()  # written in place: its owner stays
+            config.write_text(text.replace(str(template), str(self.remote_dir)))
+
+    def build(self) -> None:
         self.git(self.remote_dir, "init", "-q", "--bare", "-b", "main", str(self.origin))
         # "GitHub" runs its own hooks, whatever core.hooksPath the login user has.
         self.git(self.origin, "config", "core.hooksPath", str(self.origin / "hooks"))

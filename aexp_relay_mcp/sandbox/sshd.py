@@ -126,7 +126,18 @@ LogLevel INFO
                 self.pid_file.unlink()
             log = open(self.log, "ab")  # noqa: SIM115 - handed to the child
             self._proc = subprocess.Popen(
-                [sys.executable, "-c", SUBREAPER, SSHD, "-D", "-e", "-f", str(self.config_path)],
+                [
+                    sys.executable,
+                    "-I",
+                    "-S",
+                    "-c",
+                    SUBREAPER,
+                    SSHD,
+                    "-D",
+                    "-e",
+                    "-f",
+                    str(self.config_path),
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,

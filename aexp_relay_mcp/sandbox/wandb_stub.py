@@ -7,10 +7,12 @@ from pathlib import Path
 from .repos import Repos
 
 WANDB_STUB = """#!/bin/sh
-# Stub wandb for the aexp sandbox: records its argv, marks synced runs as wandb does, and
-# records each run it finished ("done <dir>" in {log}.done). An upload takes as long as
-# the file {log}.delay says (seconds), when it exists: a real run's upload.
+# Stub wandb for the aexp sandbox: records its argv (in {log}, joined; in {log}.argv, exactly:
+# each word NUL-terminated, one call a line, its own name first), marks synced runs as wandb
+# does, and records each run it finished ("done <dir>" in {log}.done). An upload takes as
+# long as the file {log}.delay says (seconds), when it exists: a real run's upload.
 printf '%s\\n' "$*" >> "{log}"
+{{ printf '%s\\0' "$0" "$@"; echo; }} >> "{log}.argv"
 [ "$1" = sync ] || exit 0
 shift
 for d in "$@"; do
@@ -23,6 +25,15 @@ for d in "$@"; do
   echo "Syncing: $d ... done."
 done
 """
+
+
+def received(log: Path) -> list[list[str]]:
+    """Every call the stub got, each its exact argv (its own name first)."""
+    try:
+        lines = Path(f"{log}.argv").read_text().split("\n")
+    except OSError:
+        return []
+    return [line.split("\0")[:-1] for line in lines if line]
 
 
 def install_wandb(program: Path, log: Path, repos: Repos) -> None:

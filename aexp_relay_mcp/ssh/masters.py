@@ -126,9 +126,35 @@ class ConnectionManager:
         self._used: dict[str, str] = {}  # host -> the path its calls last went through
         self._no_path: set[str] = set()  # hosts without a usable ControlPath: ask ssh -G once
         self._starting: dict[str, asyncio.Lock] = {}
+        self._resolving: dict[str, asyncio.Lock] = {}
         self._failed: dict[str, _Failed] = {}
         self._slot_fds: dict[tuple[str, int], int] = {}
         self._slots_held: set[tuple[str, int]] = set()
+        self._shells: dict[str, str | None] = {}  # host -> the account's login shell
+
+    # ------------------------------------------------------------------ the login shell
+
+    def remember_login_shell(self, host: str, shell: str) -> None:
+        """What a command that started on host said its login shell is, kept across
+        processes and restarts: a later failure to start names it (see ``login_shell``)."""
+        if self.login_shell(host) == shell:
+            return
+        self._shells[host] = shell
+        with contextlib.suppress(OSError):
+            self._shell_file(host).write_text(shell + "\n")
+
+    def login_shell(self, host: str) -> str | None:
+        """The account's login shell on host, as the last command that started said."""
+        if host not in self._shells:
+            try:
+                text = self._shell_file(host).read_text().strip()
+            except OSError:
+                text = ""
+            self._shells[host] = text or None
+        return self._shells[host]
+
+    def _shell_file(self, host: str) -> Path:
+        return self.state_dir() / f"{self.key(host)}.shell"
 
     # ------------------------------------------------------------------ per call
 
@@ -250,7 +276,12 @@ class ConnectionManager:
     # ------------------------------------------------------------------ control path
 
     async def control_path(self, host: str) -> str | None:
-        """The user's ControlPath for host (their ssh config), else the relay's own."""
+        """The user's ControlPath for host (their ssh config), else the relay's own. Asked
+        of ``ssh -G`` once per host, however many calls ask at once."""
+        async with self._resolving.setdefault(host, asyncio.Lock()):
+            return await self._control_path(host)
+
+    async def _control_path(self, host: str) -> str | None:
         if host in self._paths:
             return self._paths[host][0]
         if host in self._no_path:

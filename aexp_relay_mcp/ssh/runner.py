@@ -29,6 +29,8 @@ from typing import Any, Protocol
 
 import anyio
 
+from ..model.text import ELISION as TEXT_ELISION
+
 # ssh ends on SIGTERM at once; the grace only matters for a child that ignores it.
 KILL_GRACE_S = 0.2
 # After the child exits, how long to keep reading pipes that a stray grandchild
@@ -38,7 +40,7 @@ PIPE_DRAIN_S = 0.3
 # them open until the remote side ends, which waits on our own remote kill.
 STOPPED_DRAIN_S = 0.01
 TAIL_BYTES = 64 * 1024
-ELISION = b"\n[... output truncated ...]\n"
+ELISION = TEXT_ELISION.encode()
 
 
 @dataclass(frozen=True)

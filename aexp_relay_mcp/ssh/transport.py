@@ -1,5 +1,8 @@
 """How one remote command reaches the login node. Knows ssh, not git.
 
+Every command is a POSIX ``sh`` script, handed to the account's login shell (bash, tcsh,
+fish...) through the one seam, ``login_shell.for_login_shell``.
+
 In order of preference:
 
 1. **native mux**: a session on the host's shared connection, asked of the master
@@ -29,6 +32,7 @@ from ..model.config import RelayConfig
 from ..model.errors import RelayError, RelayTimeoutError
 from . import mux
 from .argv import build_ssh_argv
+from .login_shell import for_login_shell
 from .masters import ConnectionManager, Route, SharedConnection, master_start_timeout
 from .remote_kill import KILL_DONE, TERM_GRACE_S, build_kill_command
 from .runner import OnStart, ProcessResult, ProcessTimeout, Runner, run_process
@@ -93,8 +97,10 @@ class Transport:
         verbose_log: Path | None = None,
         use_slot: bool = True,
     ) -> RemoteRun:
-        """Run command on host before deadline. Raises ProcessTimeout (with the partial
-        output), RelayTimeoutError, RelayDownError, FileNotFoundError (no ssh)."""
+        """Run command (a POSIX sh script) on host before deadline, whatever the account's
+        login shell. Raises ProcessTimeout (with the partial output), RelayTimeoutError,
+        RelayDownError, FileNotFoundError (no ssh), login_shell.CommandTooLong."""
+        command = for_login_shell(command)
         warnings: list[str] = []
         for _ in range(3):
             route = await self._route(host, deadline)
@@ -248,7 +254,7 @@ class Transport:
         path = self.connections.live_path(host)
         argv = self.ssh_argv(
             host,
-            build_kill_command(pgid, term_grace_s=TERM_GRACE_S + undo_s),
+            for_login_shell(build_kill_command(pgid, term_grace_s=TERM_GRACE_S + undo_s)),
             [f"ControlPath={path}"] if path else [NO_CONTROL_PATH],
             connect_timeout=min(self.config.connect_timeout, 5),
         )
@@ -266,6 +272,11 @@ class Transport:
     async def shared_connection(self, host: str) -> SharedConnection:
         """What the status check reports about the host's shared connection."""
         return await self.connections.check(host)
+
+    async def ready(self, host: str, deadline: float) -> None:
+        """Wait until a call to host would go straight out: its route known, its shared
+        connection up. What a measurement waits for before it starts its clock."""
+        await self._route(host, deadline)
 
     async def no_shell_round_trip(self, host: str, deadline: float) -> float | None:
         """Seconds for a session that starts no login shell (a subsystem sshd refuses):

@@ -135,22 +135,24 @@ def render_push(r: PushResult, s: Style) -> str:
 
 
 def render_preview(p: WandbPreview, s: Style) -> str:
+    """Every run an approval covers, and the command run for each: nothing hidden."""
     lines = [
         f"Would upload {p.run_count} offline run(s), {human_size(p.total_bytes)}, from "
-        f"{p.wandb_dir}:"
+        f"{p.wandb_dir}, one `wandb sync` per run:"
     ]
-    lines += [f"  {run.name}  {human_size(run.size_bytes)}" for run in p.runs[:FILES_SHOWN]]
-    if p.run_count > FILES_SHOWN:
+    lines += [f"  {run.name}  {human_size(run.size_bytes)}" for run in p.runs]
+    lines.append(f"Command on the login node, for each run: {p.command_template}")
+    if p.more_runs:
         lines.append(
             s.dim(
-                f"  ... and {p.run_count - FILES_SHOWN} more, up to {p.last_run} "
-                "(--json lists more; --match, --after-run, --to-run, --limit narrow it)"
+                f"{p.more_runs} more selected run(s) are not in this preview and --approve "
+                "does not upload them: after these, run again for the next ones "
+                f"(or --after-run {p.last_run} to see them now)."
             )
         )
-    lines.append(f"Command on the login node, once per run: {p.command}")
     if not p.wandb_available:
         lines.append(s.bad("wandb was not found on the login node (set AEXP_RELAY_WANDB)."))
-    lines.append("Nothing was uploaded. Run again with --approve to upload.")
+    lines.append("Nothing was uploaded. Run again with --approve to upload these runs.")
     return "\n".join(lines)
 
 
@@ -179,7 +181,7 @@ def render_status(r: ConnectionStatus, s: Style) -> str:
         parts.append(f"shared connection: live, {r.shared_connection_age_s or 0:.0f}s old")
     else:
         parts.append("shared connection: none (each call logs in)")
-    shell = "login shell: "
+    shell = f"login shell: {r.login_shell or 'unknown'}, "
     shell += (
         f"starts in {r.login_shell_ms:.0f} ms"
         if r.login_shell_ms is not None

@@ -37,16 +37,24 @@ class ConsentState:
 
 
 def describe_preview(preview: WandbPreview, host: str, repo: str) -> str:
+    """The question the human sees: every run, and every command the upload will run."""
     lines = [
         f"Upload {preview.run_count} offline wandb run(s), {human_size(preview.total_bytes)}, "
-        f"from {host}:{repo} to Weights & Biases?"
+        f"from {host}:{repo} to Weights & Biases, one `wandb sync` per run?"
     ]
-    lines += [f"  - {r.name} ({human_size(r.size_bytes)})" for r in preview.runs]
-    if preview.run_count > len(preview.runs):
+    if preview.commands:
+        lines += [
+            f"  {command}   ({human_size(run.size_bytes)})"
+            for command, run in zip(preview.commands, preview.runs, strict=True)
+        ]
+    else:
+        lines.append(f"For each run below: {preview.command_template}")
+        lines += [f"  - {r.name} ({human_size(r.size_bytes)})" for r in preview.runs]
+    if preview.more_runs:
         lines.append(
-            f"  ... and {preview.run_count - len(preview.runs)} more, up to {preview.last_run}"
+            f"({preview.more_runs} more selected run(s) are not part of this upload: they are "
+            "asked about on their own.)"
         )
-    lines.append(f"Command: {preview.command} (once per run)")
     return "\n".join(lines)
 
 

@@ -5,6 +5,7 @@ the table (``Check``). ``sandbox_sweep`` drives all seven tools against the sand
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -115,7 +116,12 @@ async def sandbox_sweep(sweep: Sweep, sb: Sandbox) -> None:
         err, data = await sweep.call(tool_name("status"))
         expect(not err and data.get("reachable"), f"not reachable: {data}")
         expect(data.get("is_git_repo") and data.get("branch") == "main", f"repo: {data}")
-        return f"reachable, rtt {data.get('rtt_ms')} ms, git {data.get('git_version')}"
+        shell = data.get("login_shell")
+        expect(sb.standin or shell == sb.user.shell, f"login shell {shell}, not {sb.user.shell}")
+        return (
+            f"reachable, rtt {data.get('rtt_ms')} ms, git {data.get('git_version')}, "
+            f"login shell {shell}"
+        )
 
     async def repo_status() -> str:
         err, data = await sweep.call(tool_name("repo_status"))
@@ -168,22 +174,25 @@ async def sandbox_sweep(sweep: Sweep, sb: Sandbox) -> None:
         expect(sb.origin_refs()["refs/heads/main"] == sb.head(sb.cluster), "origin not updated")
         return "rebased commit landed in origin/main"
 
+    shown: list[str] = []
+
     async def wandb_refused() -> str:
         err, data = await sweep.call(tool_name("wandb_sync"))
         expect(err and data.get("kind") == "consent_required", str(data))
-        runs = [r["name"] for r in data["preview"]["runs"]]
+        preview = data["preview"]
+        runs = [r["name"] for r in preview["runs"]]
         expect(len(runs) == 2 and not sb.wandb_log.exists(), "uploaded without approval")
-        return f"consent_required, preview of {len(runs)} runs, nothing uploaded"
+        shown.extend(preview["commands"])
+        expect(len(shown) == 2 and "one `wandb sync` per run" in data["message"], str(data))
+        return f"consent_required, preview of {len(runs)} runs and their 2 commands, none run"
 
     async def wandb_approved() -> str:
         err, data = await sweep.call(tool_name("wandb_sync"), {"approve": True})
         expect(not err and len(data.get("synced", [])) == 2, str(data))
-        calls = sb.wandb_log.read_text().splitlines()
-        expect(
-            len(calls) == 2 and all(c.startswith("sync wandb/offline-run-") for c in calls),
-            str(calls),
-        )
-        return f"uploaded {len(data['synced'])} runs, one previewed command each"
+        got = sb.wandb_received()
+        # what ran is what the preview showed, word for word
+        expect(got == [shlex.split(c) for c in shown], f"ran {got}, showed {shown}")
+        return f"uploaded {len(data['synced'])} runs: exactly the 2 commands the preview showed"
 
     for name, body in [
         ("tools/list", lambda: _check_tools(sweep)),
