@@ -11,6 +11,11 @@ from ..model.errors import render_hint
 from ..remote.failures import GIT_FAILURES, GUARD_FAILURES
 from ..remote.ops import OPS
 from ..ssh.failures import SSH_FAILURES
+from ..ssh.login_shell import NO_BASE64 as NO_BASE64_TEXT
+from ..ssh.login_shell import login_shell_failure
+
+LOGIN_SHELL = login_shell_failure(None, 1, "")
+NO_BASE64 = login_shell_failure(None, 127, NO_BASE64_TEXT)
 
 OTHER_KINDS: tuple[tuple[str, str, str, str], ...] = (
     (
@@ -40,8 +45,41 @@ OTHER_KINDS: tuple[tuple[str, str, str, str], ...] = (
     (
         "RemoteCommandError",
         "killed",
-        "The remote command was stopped before it reported its status.",
+        "The remote command was stopped on the login node before it reported its status (a "
+        "signal there, or its time limit there), while the connection lived on. A dropped "
+        "connection is always `connection_dropped`.",
         "Run `repo_status` to see the checkout's state, then retry.",
+    ),
+    (
+        "RemoteCommandError",
+        LOGIN_SHELL.kind,
+        LOGIN_SHELL.message,
+        render_hint(LOGIN_SHELL.hint).replace("{host}", "<host>"),
+    ),
+    (
+        "RemoteCommandError",
+        NO_BASE64.kind,
+        NO_BASE64.message,
+        NO_BASE64.hint,
+    ),
+    (
+        "any read-only call",
+        "(warning) ran again",
+        "The connection dropped under `status`, `repo_status`, `fetch` or the wandb preview: "
+        "it ran once more over a new connection, within its timeout (one new login however "
+        "many calls saw the drop). The result's `warnings` say so; the audit log has a "
+        "`retrying` line under the same request id.",
+        "Nothing to do. On a host whose new login needs a person (MFA), it is not run again: "
+        "`connection_dropped`, with the `connect` hint.",
+    ),
+    (
+        "pull, rebase, push, wandb_sync",
+        "(details) after a drop",
+        "`connection_dropped` from an op that changes things: never run again. pull and "
+        "rebase say `checkout` and `head`; push says `push_landed` (true, false, or null when "
+        "`git ls-remote` could not tell), `local_head` and `remote_head`; an upload says "
+        "`uploaded`, `left` and `continue_with`.",
+        "Follow the hint: it names what is left to do, if anything.",
     ),
     (
         "RemoteCommandError",
@@ -110,7 +148,8 @@ def render_reference_markdown() -> str:
         "",
         'Every op runs as one `ssh <host> "cd -- <repo> && ..."` call, bounded on the login',
         "node by `timeout`, with `GIT_TERMINAL_PROMPT=0`, `GIT_SSH_COMMAND='ssh -o BatchMode=yes'`",
-        "and `LC_ALL=C`.",
+        "and `LC_ALL=C`. The command is a POSIX sh script, handed to any login shell (bash, zsh,",
+        "tcsh, fish...) as one line that `/bin/sh` decodes and runs.",
         "",
         _row("op", "arguments", "mutating", "consent", "timeout", "runs in the repo", "what"),
         _row("---", "---", "---", "---", "---", "---", "---"),

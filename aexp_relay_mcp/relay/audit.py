@@ -1,8 +1,9 @@
 """JSONL audit log: what the agent asked for, and how each call ended.
 
 A call that reaches ssh writes a ``started`` line **before** ssh starts, and its final
-line when it ends; both carry the same ``request_id``. A refusal that never reaches
-ssh writes one line. So a ``started`` line with no final line means the server died
+line when it ends; both carry the same ``request_id``. A read-only call whose connection
+dropped writes a ``retrying`` line for its first run, then runs again under the same id.
+A refusal that never reaches ssh writes one line. So a ``started`` line with no final line means the server died
 mid-call (SIGKILL, a crash, a power cut): ``aexp-relay-mcp audit`` shows such calls
 as never ended.
 
@@ -11,7 +12,7 @@ servers never interleave. The file is created 0600. A log that cannot be written
 breaks an op: we warn on stderr once.
 
 Fields: ``time`` (UTC ISO 8601), ``request_id``, ``op``, ``args``, ``host``, ``repo``,
-``approved``, ``outcome`` (started; then ok, rejected, consent_required,
+``approved``, ``outcome`` (started; retrying; then ok, rejected, consent_required,
 consent_declined, consent_cancelled, consent_unavailable, failed, timeout, cancelled,
 interrupted, unreachable), ``kind``, ``exit_code``, ``duration_s``, ``pid`` (of the
 process that made the call), ``surface`` (mcp, cli, library), ``via`` (mux, ssh,
@@ -122,6 +123,7 @@ class AuditedCall:
     duration_s: float | None
     pid: int | None
     surface: str | None
+    attempts: int = 1  # runs: 2 when a dropped connection made it run again
 
     @property
     def ended(self) -> bool:
@@ -162,6 +164,7 @@ def read_audit(
     cutoff = now - _dt.timedelta(seconds=since_s) if since_s else None
     started: dict[str, dict[str, Any]] = {}
     finals: dict[str, dict[str, Any]] = {}
+    retried: dict[str, int] = {}
     order: list[str] = []
     unreadable = 0
     try:
@@ -178,10 +181,17 @@ def read_audit(
             continue
         if cutoff is not None and stamp < cutoff and rid not in started:
             continue
-        if rid not in started and rid not in finals:
+        if rid not in started and rid not in finals and rid not in retried:
             order.append(rid)
-        (started if entry.get("outcome") == "started" else finals)[rid] = entry
-    calls = [_pair(rid, started.get(rid), finals.get(rid), alive) for rid in order]
+        outcome = entry.get("outcome")
+        if outcome == "retrying":
+            retried[rid] = retried.get(rid, 0) + 1
+            continue
+        (started if outcome == "started" else finals)[rid] = entry
+    calls = [
+        _pair(rid, started.get(rid), finals.get(rid), alive, 1 + retried.get(rid, 0))
+        for rid in order
+    ]
     return AuditReport(path, calls, unreadable)
 
 
@@ -190,6 +200,7 @@ def _pair(
     start: dict[str, Any] | None,
     final: dict[str, Any] | None,
     alive: Callable[[int], bool],
+    attempts: int = 1,
 ) -> AuditedCall:
     first = start or final or {}
     last = final or start or {}
@@ -212,6 +223,7 @@ def _pair(
         duration_s=last.get("duration_s") if final is not None else None,
         pid=pid if isinstance(pid, int) else None,
         surface=first.get("surface"),
+        attempts=attempts,
     )
 
 

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..model.errors import RelayError
 from ..remote.script import marker
 from ..ssh.runner import Execution
 from ..ssh.transport import RemoteRun, Transport
@@ -57,11 +58,15 @@ class Call:
         self.outcome: str | None = None
         self.cancelled_as: str | None = None  # cancelled or interrupted, judged on arrival
         self.remote: tuple[str, int] | None = None  # (host, process group) running now
+        # (host, the command's marker): sent, its start marker not seen yet (a connection
+        # that drops then leaves it unknown whether, and where, it runs)
+        self.unconfirmed: tuple[str, str] | None = None
         # Seconds the remote command may take, after TERM, to undo what it started (an op
         # whose script rolls itself back); 0 for ops that just end.
         self.undo_s = 0.0
         self.trace: dict[str, Any] = {}
         self.warnings: list[str] = []  # what the caller should know: a socket passed over
+        self.attempts = 1  # a read-only call runs again once when the connection drops
         self._began = False
         self._execution: Execution | None = None
         self._local_pids: set[int] = set()
@@ -132,12 +137,21 @@ class Call:
         assert self.host is not None
         host = self.host
         self.begin()
-        watch = _StartWatch(marker(nonce), lambda pid: setattr(self, "remote", (host, pid)))
+        mark = marker(nonce)
+
+        def started_there(pid: int) -> None:
+            self.remote, self.unconfirmed = (host, pid), None
+
+        watch = _StartWatch(mark, started_there)
 
         def feed(chunk: bytes) -> None:
             watch.feed(chunk)
             if on_stderr is not None:
                 on_stderr(chunk)
+
+        def on_start(execution: Execution) -> None:
+            self._started(execution)
+            self.unconfirmed = (host, mark)
 
         try:
             run = await self.transport.run(
@@ -145,7 +159,7 @@ class Call:
                 command,
                 deadline=self.deadline,
                 on_stderr=feed,
-                on_start=self._started,
+                on_start=on_start,
                 verbose_log=verbose_log,
             )
         finally:
@@ -157,6 +171,24 @@ class Call:
                 self.trace["warnings"] = list(self.warnings)
         return run
 
+    def retrying(self, error: RelayError) -> None:
+        """The connection dropped under a read-only call, which runs again: an audit line
+        for the first run (same request id), and a warning in the result."""
+        self.attempts += 1
+        self.trace["attempts"] = self.attempts
+        self.audit.record(
+            **self._fields(),
+            outcome="retrying",
+            kind=error.kind,
+            attempt=self.attempts - 1,
+            duration_s=round(self.elapsed, 4),
+        )
+        self.warnings.append(
+            f"The ssh connection to {self.host} dropped during this call; the relay ended "
+            "that run on the login node and ran the call again over a new connection. This "
+            "result is from the second run."
+        )
+
     def _started(self, execution: Execution) -> None:
         self._execution = execution
         if execution.pid is not None:
@@ -164,16 +196,22 @@ class Call:
 
     def command_ended(self) -> None:
         """The remote command reported its exit: nothing of ours runs there any more."""
-        self.remote = None
+        self.remote = self.unconfirmed = None
 
-    async def stop_remote(self) -> bool:
+    async def stop_remote(self, *, unconfirmed: bool = False) -> bool:
         """End the remote process group (TERM, poll, KILL); True once it is gone. A command
-        that undoes its changes on TERM is waited for until it has (``undo_s``)."""
-        if self.remote is None:
-            return True
-        host, pgid = self.remote
-        self.remote = None
-        return await self.transport.kill_remote(host, pgid, undo_s=self.undo_s)
+        that undoes its changes on TERM is waited for until it has (``undo_s``).
+        ``unconfirmed``: also a command sent whose start marker never arrived (the
+        connection dropped), found on the host by its marker."""
+        if self.remote is not None:
+            host, pgid = self.remote
+            self.remote = self.unconfirmed = None
+            return await self.transport.kill_remote(host, pgid, undo_s=self.undo_s)
+        if unconfirmed and self.unconfirmed is not None:
+            host, mark = self.unconfirmed
+            self.unconfirmed = None
+            return await self.transport.kill_remote(host, None, needle=mark, undo_s=self.undo_s)
+        return True
 
     def interrupt(self) -> None:
         """Shutdown: close the local side, dispatch the remote kill, audit ``interrupted``.

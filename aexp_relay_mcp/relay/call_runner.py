@@ -21,21 +21,29 @@ import anyio
 
 from ..model.budget import fit
 from ..model.config import REMOTE_TIMEOUT_GRACE, RelayConfig
-from ..model.errors import RelayError, RelayTimeoutError, RelayValidationError, Surface
+from ..model.errors import (
+    RelayDownError,
+    RelayError,
+    RelayTimeoutError,
+    RelayValidationError,
+    Surface,
+)
 from ..model.results import OpResult
 from ..model.targets import normalize_repo, validate_host, validate_repo
 from ..model.text import tail
-from ..remote.ops import BuildContext, OpSpec, wandb_words
+from ..remote.ops import BuildContext, DropProbe, OpSpec, wandb_words
 from ..remote.output import ScriptOutput, UnparseableOutput, parse_script_output
 from ..remote.parsing import GitProgress
 from ..remote.rollback import UNDO_S, UndoReport, parse_report, probe_report
 from ..remote.script import Script, build_remote_command
 from ..ssh.login_shell import CommandTooLong
+from ..ssh.masters import NEEDS_A_HUMAN
 from ..ssh.runner import ProcessTimeout
 from ..ssh.transport import Transport
 from .audit import AuditLog
 from .call import Call, LiveCalls
 from .diagnose import (
+    dropped_needs_a_human,
     log_tail,
     outcome_of,
     remote_failure,
@@ -52,6 +60,8 @@ ProgressFn = Callable[[float, str], None]
 MAX_TIMEOUT_S = 24 * 3600.0
 # The short call that reads what a cut op's undo reported.
 PROBE_S = 15.0
+# A read-only call cut by a dropped connection runs again only with this much time left.
+RETRY_MIN_S = 1.0
 
 
 class CallRunner:
@@ -195,27 +205,76 @@ class CallRunner:
         spec: OpSpec | None = None,
         enter: bool = True,
         check: bool = True,
+        retry: bool = False,
+        after_drop: DropProbe | None = None,
         on_progress: ProgressFn | None = None,
         on_stderr: Callable[[bytes], None] | None = None,
     ) -> ScriptOutput:
         """Run a script body over ssh for call; turn transport and remote failures into errors.
-        Progress: ``on_progress`` gets git's percentages; ``on_stderr`` reads stderr itself."""
-        nonce = secrets.token_hex(8)
-        left = max(0.1, call.deadline - self.clock())
+        Progress: ``on_progress`` gets git's percentages; ``on_stderr`` reads stderr itself.
+
+        A dropped connection is routine. A read-only call (``retry``, or its op's
+        ``retry_on_drop``) runs once more over a new connection, within its deadline, after
+        the first run is ended on the host. Any other call is never run again: its error
+        says what became of the checkout (the undo's report, or ``after_drop``'s probe)."""
+        retry = spec.retry_on_drop if spec is not None else retry
         # An op that undoes itself when cut gets the time to (remote TERM-to-KILL, our wait).
         call.undo_s = UNDO_S if spec is not None and spec.undoes else 0.0
+        if on_stderr is None and on_progress is not None:
+            on_stderr = GitProgress(on_progress).feed
+        host = call.host or ""
+        first: RelayError | None = None
+        while True:
+            try:
+                out, error = await self._attempt(call, body, spec, enter, check, on_stderr)
+            except RelayDownError as exc:
+                if first is not None and exc.kind in NEEDS_A_HUMAN:
+                    raise dropped_needs_a_human(first, exc, host) from None
+                raise
+            dropped = error is not None and error.kind == "connection_dropped"
+            if dropped and retry and first is None and self._time_to_retry(call):
+                assert error is not None
+                if spec is not None and spec.mutating:
+                    # a fetch: the first run must be gone before the second takes its locks
+                    with anyio.CancelScope(shield=True):
+                        await call.stop_remote(unconfirmed=True)
+                else:
+                    # one that only reads ends by itself (its next write finds no reader,
+                    # and the login node's time limit bounds it): not worth a round trip
+                    call.remote = call.unconfirmed = None
+                call.retrying(error)
+                first = error
+                continue
+            if out.exit_code is None and (call.remote is not None or dropped):
+                # It was sent but never reported back (the connection dropped): end it on
+                # the login node through a new session, and find out what it left.
+                with anyio.CancelScope(shield=True):
+                    await self._after_cut(call, out, error, after_drop if dropped else None)
+            if error is not None:
+                raise error
+            return out
+
+    async def _attempt(
+        self,
+        call: Call,
+        body: Script,
+        spec: OpSpec | None,
+        enter: bool,
+        check: bool,
+        on_stderr: Callable[[bytes], None] | None,
+    ) -> tuple[ScriptOutput, RelayError | None]:
+        """One run of the script: its output, and the error it means (None: success)."""
+        nonce = secrets.token_hex(8)
         command = build_remote_command(
             body,
             call.repo or "~",
             nonce,
-            timeout=left,
+            timeout=max(0.1, call.deadline - self.clock()),
             grace=REMOTE_TIMEOUT_GRACE,
             enter=enter,
             undo_s=call.undo_s,
         )
         verbose_log = self._verbose_log_path(nonce)
-        if on_stderr is None and on_progress is not None:
-            on_stderr = GitProgress(on_progress).feed
         try:
             run = await call.run(command, nonce, on_stderr=on_stderr, verbose_log=verbose_log)
         except FileNotFoundError:
@@ -241,29 +300,59 @@ class CallRunner:
         connections = self.transport.connections
         if out.login_shell:  # named in the error when a later command cannot start
             connections.remember_login_shell(host, out.login_shell)
-        cut = None
         if out.exit_code is not None:
             call.command_ended()
-        elif call.remote is not None:
-            # It started but never reported back (the connection dropped): end it on the
-            # login node through a new session.
-            with anyio.CancelScope(shield=True):
-                cut = await self._stop_and_report(call, out)
         shell = connections.login_shell(host)
         if check:
-            error = remote_failure(
-                out, run.result, spec.name if spec else None, verbose_log, host, repo, shell
+            op = spec.name if spec else None
+            return out, remote_failure(out, run.result, op, verbose_log, host, repo, shell)
+        if not out.started or out.exit_code is None:
+            return out, transport_failure(out, run.result, verbose_log, host, shell)
+        return out, None
+
+    def _time_to_retry(self, call: Call) -> bool:
+        return call.deadline - self.clock() >= RETRY_MIN_S
+
+    async def _after_cut(
+        self,
+        call: Call,
+        partial: ScriptOutput,
+        error: RelayError | None,
+        after_drop: DropProbe | None,
+    ) -> None:
+        """A command cut off from us: end it on the host (it may run on, or never have
+        started), then say in the error what became of the checkout: an undoing op's
+        report, or what ``after_drop`` reads (whether a push landed)."""
+        host, repo = call.host or "", call.repo or ""
+        started = call.remote is not None or call.unconfirmed is not None
+        await call.stop_remote(unconfirmed=True)
+        if error is None or not started:
+            return
+        if call.undo_s:
+            cut = await self._read_undo_report(call, partial)
+            error.message += " " + undo_sentence(cut, host, repo)
+            error.details.update(undo_details(cut, repo))
+        elif after_drop is not None:
+            out = await self._probe(call, after_drop.script)
+            sentence, details = after_drop.read(out)
+            error.message += " " + sentence
+            error.details.update(details)
+
+    async def _probe(self, call: Call, body: Script) -> ScriptOutput | None:
+        """A short read-only script in the call's repo, over whatever connection there is:
+        what a cut op left. None when it cannot be read (a probe never replaces the error
+        it explains)."""
+        nonce = secrets.token_hex(8)
+        command = build_remote_command(
+            body, call.repo or "~", nonce, timeout=PROBE_S, grace=REMOTE_TIMEOUT_GRACE
+        )
+        try:
+            run = await self.transport.run(
+                call.host or "", command, deadline=self.clock() + PROBE_S
             )
-        elif not out.started or out.exit_code is None:
-            error = transport_failure(out, run.result, verbose_log, host, shell)
-        else:
-            error = None
-        if error is not None:
-            if cut is not None:
-                error.message += " " + undo_sentence(cut, host, repo)
-                error.details.update(undo_details(cut, repo))
-            raise error
-        return out
+        except Exception:
+            return None
+        return parse_script_output(run.result.stdout, run.result.stderr, nonce)
 
     async def _stop_and_report(self, call: Call, partial: ScriptOutput | None) -> UndoReport | None:
         """End the remote group; for an op that undoes itself, wait until it has, and read
@@ -279,22 +368,7 @@ class CallRunner:
         one, where HEAD is: state ``unknown``. An undo that ran before the cut (the step
         had failed) may have printed its report already."""
         printed = partial.section("undo") if partial is not None else None
-        nonce = secrets.token_hex(8)
-        command = build_remote_command(
-            Script(probe_report(call.request_id)),
-            call.repo or "~",
-            nonce,
-            timeout=PROBE_S,
-            grace=REMOTE_TIMEOUT_GRACE,
-        )
-        out: ScriptOutput | None = None
-        try:
-            run = await self.transport.run(
-                call.host or "", command, deadline=self.clock() + PROBE_S
-            )
-            out = parse_script_output(run.result.stdout, run.result.stderr, nonce)
-        except Exception:  # a probe never replaces the error it explains
-            out = None
+        out = await self._probe(call, Script(probe_report(call.request_id)))
         report = out.section("report") if out is not None else None
         found = (
             parse_report(report.stdout) if report is not None and report.exit_code == 0 else None

@@ -50,6 +50,22 @@ def ssh_missing(ssh_bin: str) -> RelayDownError:
     )
 
 
+def dropped_needs_a_human(first: RelayError, login: RelayDownError, host: str) -> RelayDownError:
+    """A read-only call's connection dropped, and a new login to run it again needs a
+    person (a password, MFA): it was not run again."""
+    return RelayDownError(
+        f"{first.message} Logging in to {host} again needs you ({login.kind}: a password, "
+        "MFA or Duo), so the relay did not run it again. Nothing changed: the call only "
+        "reads.",
+        kind="connection_dropped",
+        hint=f"Run `aexp-relay-mcp connect {host}` in a terminal (it asks for what the login "
+        "needs), then call {op:" + (first.op or "status") + "} again.",
+        exit_code=first.exit_code,
+        stderr_tail=first.stderr_tail,
+        details={"needs": login.kind},
+    )
+
+
 def shell_ran(proc: ProcessResult) -> bool:
     """Whether the remote side reported an exit status of its own: ssh had logged in and
     the login shell ran (ssh itself fails with 255; a session on a shared connection that

@@ -20,8 +20,11 @@ async def run_repo_op(
     ctx: BuildContext,
     on_progress: ProgressFn | None,
 ) -> OpResult:
+    after_drop = spec.after_drop(args, ctx) if spec.after_drop is not None else None
     async with _held(runner.repo_lock(call), spec.mutating):
-        out = await runner.execute(call, spec.build(args, ctx), spec=spec, on_progress=on_progress)
+        out = await runner.execute(
+            call, spec.build(args, ctx), spec=spec, after_drop=after_drop, on_progress=on_progress
+        )
     return runner.result(call, spec, out, args)
 
 

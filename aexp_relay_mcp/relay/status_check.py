@@ -60,7 +60,7 @@ async def check_connection(
         try:
             started = runner.clock()
             body = build_check(runner.context(call))
-            out = await runner.execute(call, body, enter=False, check=False)
+            out = await runner.execute(call, body, enter=False, check=False, retry=True)
             rtt = runner.clock() - started
         except (RelayDownError, RelayTimeoutError, RemoteCommandError) as exc:
             # ssh could not log in, or it did and the login shell would not run the check
@@ -78,7 +78,11 @@ async def check_connection(
         except BaseException:
             await cancel_and_wait(measure)
             raise
-        return await _reachable(runner, call, out, base, rtt, await measure)
+        shell_ms = await measure
+        if shell_ms is None and call.attempts > 1:
+            # the dropped connection took the probes with it: measure over the new one
+            shell_ms = await _login_shell_ms(runner, call)
+        return await _reachable(runner, call, out, base, rtt, shell_ms)
 
 
 def _nothing_known(call: Call) -> dict[str, Any]:

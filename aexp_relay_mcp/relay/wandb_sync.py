@@ -27,6 +27,7 @@ from ..model.budget import JSON_CHARS, json_size
 from ..model.config import DEFAULT_WANDB_TIMEOUT, WANDB_TIMEOUT_PER_RUN
 from ..model.errors import (
     ConsentRequiredError,
+    RelayDownError,
     RelayError,
     RelayTimeoutError,
     RemoteCommandError,
@@ -81,7 +82,7 @@ async def _preview(
 ) -> tuple[WandbPreview, list[str], int]:
     """The preview (lists cut to the budget), every name it selected, in order, and how
     many runs named explicitly were synced already."""
-    out = await runner.execute(call, build_wandb_preview(args, ctx))
+    out = await runner.execute(call, build_wandb_preview(args, ctx), retry=True)
     try:
         listing = parse_wandb_preview(out, args)
     except UnparseableOutput as exc:
@@ -222,7 +223,10 @@ async def wandb_sync(
                 check=False,
                 on_stderr=progress.feed if progress else None,
             )
-    except RelayTimeoutError as exc:
+    except (RelayTimeoutError, RelayDownError) as exc:
+        # cut off (a timeout, a dropped connection): say which runs went up, which are left
+        if isinstance(exc, RelayDownError) and exc.kind != "connection_dropped":
+            raise
         raise await _stopped(runner, call, args, names, ctx, exc) from None
     except asyncio.CancelledError:
         with anyio.CancelScope(shield=True):
@@ -293,7 +297,7 @@ async def _stopped(
     args: WandbSyncArgs,
     names: list[str],
     ctx: BuildContext,
-    exc: RelayTimeoutError,
+    exc: RelayError,
 ) -> RelayError:
     left = await _left_of(runner, call, names, ctx)
     if left is None:

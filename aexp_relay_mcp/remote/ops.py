@@ -218,6 +218,17 @@ Parser = Callable[[ScriptOutput, Any], dict[str, Any]]
 
 
 @dataclass(frozen=True)
+class DropProbe:
+    """What to ask the login node after a changing op's connection dropped (it is never
+    run again blindly): a short read-only script, and what its output says, as a sentence
+    for the error's message and fields for its details. ``read`` gets None when the probe
+    could not run."""
+
+    script: Script
+    read: Callable[[ScriptOutput | None], tuple[str, dict[str, Any]]]
+
+
+@dataclass(frozen=True)
 class OpSpec:
     name: str
     summary: str
@@ -230,6 +241,10 @@ class OpSpec:
     parse: Parser
     result_model: type[OpResult]
     undoes: bool = False  # its script undoes what it started when cut short (rollback.py)
+    # read-only: run once more over a new connection when the connection drops
+    retry_on_drop: bool = False
+    # a changing op that does not undo itself: what to ask after a drop
+    after_drop: Callable[[Any, BuildContext], DropProbe] | None = None
 
 
 # --------------------------------------------------------------------------- script pieces
@@ -358,7 +373,9 @@ def _network(text: str) -> str:
 
 # A new pull or rebase supersedes what earlier cut ones reported (repo_status lists them
 # until then).
-OLD_REPORTS = f'rm -f "$(git rev-parse --git-path {REPORT_DIR})"/cut-* 2>/dev/null'
+OLD_REPORTS = (
+    f'_od=$(git rev-parse --git-path {REPORT_DIR}); rm -f "$_od"/cut-* "$_od"/done-* 2>/dev/null'
+)
 
 
 def _seq(*parts: str) -> Script:
@@ -540,7 +557,7 @@ def _mutating(op: str, ctx: BuildContext, checks: list[str], apply: str, failed:
                 f"_ph=apply; {apply}",
                 "_ar=$?",  # not _r: the step helper s sets that
                 f"if [ $_ar -ne 0 ]; then {failed}_undo; _report; (exit $_ar); "
-                f"else _ph=done; {_after_history()}; fi",
+                f"else _ph=done; _done; {_after_history()}; fi",
             ]
         )
         + "; else _ar=$?; _undo; _report; (exit $_ar); fi",
@@ -605,6 +622,50 @@ def _build_push(args: PushArgs, ctx: BuildContext) -> Script:
         NO_SSH_PROMPT,
         _network(step("push", *PUSH, "--porcelain", "--progress", args.remote, refspec)),
     )
+
+
+def _push_probe(args: PushArgs, ctx: BuildContext) -> DropProbe:
+    """After a push's connection dropped: where the branch is here and on the remote."""
+    branch = (
+        ["git", "symbolic-ref", "-q", "HEAD"]
+        if args.branch == "HEAD"
+        else ["printf", "%s", f"refs/heads/{args.branch}"]
+    )
+    script = _seq(
+        GIT_PRESENT,
+        f"_ref=$({render_words(branch)} </dev/null)",
+        'b ref; printf %s "$_ref"; e ref 0',
+        step("local", "git", "rev-parse", "-q", "--verify", Raw('"$_ref"')),
+        NO_SSH_PROMPT,
+        step("remote", *GIT, "ls-remote", "--", args.remote, Raw('"$_ref"')),
+    )
+
+    def read(out: ScriptOutput | None) -> tuple[str, dict[str, Any]]:
+        sections = [out.section(n) if out is not None else None for n in ("ref", "local", "remote")]
+        ref, local, remote = sections
+        if ref is None or local is None or remote is None or remote.exit_code != 0:
+            return (
+                f"Whether the push reached {args.remote} could not be read; "
+                "`git ls-remote` there tells.",
+                {"push_landed": None},
+            )
+        name = ref.stdout.strip().removeprefix("refs/heads/")
+        mine = parse_sha(local.stdout)
+        theirs = next(
+            (line.split("\t")[0] for line in remote.stdout.splitlines() if "\t" in line), None
+        )
+        landed = mine is not None and mine == theirs
+        said = (
+            f"The push had landed: {args.remote}'s {name} is at {mine[:12] if mine else '?'}, "
+            "as here."
+            if landed
+            else f"The push had not landed: {args.remote}'s {name} is at "
+            f"{theirs[:12] if theirs else 'nothing'}, here it is at "
+            f"{mine[:12] if mine else 'nothing'}."
+        )
+        return said, {"push_landed": landed, "local_head": mine, "remote_head": theirs}
+
+    return DropProbe(script, read)
 
 
 def _parse_push(out: ScriptOutput, args: PushArgs) -> dict[str, Any]:
@@ -815,6 +876,7 @@ OPS: dict[str, OpSpec] = {
             build=_build_repo_status,
             parse=_parse_repo_status,
             result_model=RepoStatus,
+            retry_on_drop=True,
         ),
         OpSpec(
             name="fetch",
@@ -835,6 +897,8 @@ OPS: dict[str, OpSpec] = {
             build=_build_fetch,
             parse=_parse_fetch,
             result_model=FetchResult,
+            # it moves only remote-tracking refs: running it again is what the agent would do
+            retry_on_drop=True,
         ),
         OpSpec(
             name="pull",
@@ -902,6 +966,7 @@ OPS: dict[str, OpSpec] = {
             build=_build_push,
             parse=_parse_push,
             result_model=PushResult,
+            after_drop=_push_probe,
         ),
         OpSpec(
             name="wandb_sync",

@@ -19,8 +19,10 @@ The undo runs with hooks off and signals ignored, and ends in one of three state
 
 It is written to ``<git dir>/aexp-relay/cut-<request id>`` (read and removed by the relay's
 probe after a cut; left for ``repo_status`` when nobody is left to read it) and printed as
-the step ``undo``. Only what the op started is undone: its guards refuse to start on top
-of a rebase or merge already in progress.
+the step ``undo``. An op that finishes writes ``done-<request id>`` (state ``completed``):
+when the connection dropped and the op ran on to its end with nobody to tell, that is how
+the probe knows; the next pull or rebase removes it. Only what the op started is undone:
+its guards refuse to start on top of a rebase or merge already in progress.
 """
 
 from __future__ import annotations
@@ -50,14 +52,18 @@ _COMMON = (
     '[ "$(git symbolic-ref -q HEAD </dev/null)" = "$b" ]; }; '
     "_fresh() { git update-index -q --refresh </dev/null >/dev/null 2>&1; }; "
     # the outcome, in-band (step "undo") and, when asked (a cut), in the report file
-    "_report() { "
-    "_rt=$(printf 'op %s\\nrequest %s\\nstate %s\\nhead %s\\nbranch %s\\nold %s\\ntarget %s\\n"
-    'why %s\\n\' "$_op" "$R" "$_st" "$(git rev-parse -q --verify HEAD </dev/null)" '
-    '"$(git symbolic-ref -q HEAD </dev/null || echo detached)" "$o" "$t" "$_why"); '
-    'if [ "$1" = file ] || [ "$_st" != as_before ]; then '
+    "_text() { "
+    "printf 'op %s\\nrequest %s\\nstate %s\\nhead %s\\nbranch %s\\nold %s\\ntarget %s\\nwhy %s\\n' "
+    '"$_op" "$R" "$_st" "$(git rev-parse -q --verify HEAD </dev/null)" '
+    '"$(git symbolic-ref -q HEAD </dev/null || echo detached)" "$o" "$t" "$_why"; }; '
+    # the report, kept in the repo as cut-<R> (or done-<R>)
+    "_save() { "
     f'_d=$(git rev-parse --git-path {REPORT_DIR} </dev/null) && mkdir -p "$_d" 2>/dev/null && '
-    '{ printf \'%s\\n\' "$_rt" > "$_d/cut-$R"; } 2>/dev/null; fi; '
+    '{ printf \'%s\\n\' "$_rt" > "$_d/$1-$R"; } 2>/dev/null; }; '
+    '_report() { _rt=$(_text); if [ "$1" = file ] || [ "$_st" != as_before ]; then _save cut; fi; '
     "b undo; printf '%s\\n' \"$_rt\"; e undo 0; }; "
+    # finished: what a probe after a dropped connection reads
+    "_done() { _st=completed; _why=; _rt=$(_text); _save done; }; "
     # the trap: no second signal stops the undo half-way
     '_cut() { trap "" TERM INT HUP; _undo; _report file; exit 143; }; '
 )
@@ -116,14 +122,16 @@ def arm(op: str, request_id: str) -> str:
 
 
 def probe_report(request_id: str) -> str:
-    """Shell for the relay's probe after a cut: print the report as step ``report`` and
-    remove it; print HEAD and the branch as steps of their own."""
+    """Shell for the relay's probe after a cut: print the report (the undo's, or the one
+    an op that finished left) as step ``report`` and remove it; print HEAD and the branch
+    as steps of their own."""
     if not re.fullmatch(r"[0-9a-f]{6,64}", request_id):
         raise ValueError("bad request id")
     return (
         f"_d=$(git rev-parse --git-path {REPORT_DIR} </dev/null); "
-        f'b report; cat "$_d/cut-{request_id}" 2>/dev/null; e report $?; '
-        f'rm -f "$_d/cut-{request_id}"; '
+        f'b report; cat "$_d/cut-{request_id}" 2>/dev/null || '
+        f'cat "$_d/done-{request_id}" 2>/dev/null; e report $?; '
+        f'rm -f "$_d/cut-{request_id}" "$_d/done-{request_id}"; '
         "b head; git rev-parse -q --verify HEAD </dev/null; e head $?; "
         "b branch; git symbolic-ref -q HEAD </dev/null; e branch $?"
     )

@@ -51,11 +51,12 @@ SSH_FAILURES: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
             "Connection reset",
             "Broken pipe",
             "Connection closed by",
+            "not responding",  # ServerAlive gave up: the network went away
             "ControlMaster) closed before the command finished",
         ),
         "The ssh connection dropped before the command finished.",
-        "Retry; {op:repo_status} shows whether anything changed. If it keeps dropping, run "
-        "with AEXP_RELAY_SSH_VERBOSE=1 and read the ssh log.",
+        "Retry; {op:repo_status} shows whether anything changed. If it keeps dropping, check "
+        "the network path (VPN, Wi-Fi, sleep) and the login node.",
     ),
 )
 

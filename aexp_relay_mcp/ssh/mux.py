@@ -67,7 +67,9 @@ DRAIN_S = 0.3
 # which waits on our own remote kill. Take what is already buffered and go.
 ABORT_DRAIN_S = 0.01
 REFUSED_BY_PEER = "Session open refused by peer"
-# Added to stderr when the master goes away mid-command; parsing.SSH_FAILURES knows it.
+# Added to stderr when the master went away mid-command (ssh.failures knows it): the
+# transport checks, since a session also ends without a status when the remote command
+# died of a signal on the host.
 MASTER_CLOSED = "the shared ssh connection (ControlMaster) closed before the command finished"
 
 
@@ -408,8 +410,6 @@ class _Session:
                 self.exit_code, _ = _take_u32(body, offset)
             elif kind != S_TTY_ALLOC_FAIL:
                 break
-        if self.exit_code is None and not self.aborted:
-            self.collector.note(f"aexp-relay: {MASTER_CLOSED}")
 
     async def finish(self) -> None:
         if self.control is not None:

@@ -34,7 +34,7 @@ from . import mux
 from .argv import build_ssh_argv
 from .login_shell import for_login_shell
 from .masters import ConnectionManager, Route, SharedConnection, master_start_timeout
-from .remote_kill import KILL_DONE, TERM_GRACE_S, build_kill_command
+from .remote_kill import KILL_DONE, TERM_GRACE_S, build_kill_command, build_kill_matching
 from .runner import OnStart, ProcessResult, ProcessTimeout, Runner, run_process
 from .trust import vouch_for_handoff
 
@@ -58,6 +58,27 @@ class RemoteRun:
     multiplexed: bool
     via: str  # mux (native), ssh (spawned client over the master), direct (fresh login)
     warnings: tuple[str, ...] = ()  # a control socket of the user's that was passed over
+
+
+# How long a master that lost its connection may take to exit before it counts as alive.
+MASTER_EXIT_S = 0.3
+
+
+async def master_gone(path: str) -> bool:
+    """Whether the master at path is gone: its socket stops accepting within
+    ``MASTER_EXIT_S`` (one that lost its connection exits at once), or it no longer
+    answers an alive check."""
+    stop = time.monotonic() + MASTER_EXIT_S
+    while time.monotonic() < stop:
+        if not mux.socket_accepts(path):
+            return True
+        await asyncio.sleep(0.02)
+    return await mux.alive_check(path, timeout=1.0) is None
+
+
+def _noted(result: ProcessResult, line: str) -> ProcessResult:
+    """result, with a line of the relay's own at the end of its stderr."""
+    return dataclasses.replace(result, stderr=f"{result.stderr}\naexp-relay: {line}\n")
 
 
 class Transport:
@@ -170,6 +191,9 @@ class Transport:
                 host, command, options, deadline, on_stderr, on_start, verbose_log
             )
             self.connections.note_result(path, result.stderr)
+            # ssh's own mux client says nothing (at LogLevel ERROR) when the master dies
+            if result.exit_code == 255 and await master_gone(path):
+                result = _noted(result, mux.MASTER_CLOSED)
             return RemoteRun(result, multiplexed=True, via="ssh")
         while True:
             try:
@@ -181,6 +205,10 @@ class Transport:
                     on_stderr=on_stderr,
                     on_start=on_start,
                 )
+                # Ended without a status: the master went away (the connection dropped),
+                # or, with the master alive, the command died of a signal on the host.
+                if result.exit_code is None and await master_gone(path):
+                    result = _noted(result, mux.MASTER_CLOSED)
                 return RemoteRun(result, multiplexed=True, via="mux")
             except mux.SessionRefused:
                 if self.clock() + REFUSED_RETRY_S >= deadline:
@@ -236,11 +264,19 @@ class Transport:
 
     # ------------------------------------------------------------------ remote kill
 
-    async def kill_remote(self, host: str, pgid: int, *, undo_s: float = 0.0) -> bool:
-        """End a remote process group; True once it is gone. Takes no session slot: a kill
-        must not wait behind the very calls it ends. ``undo_s``: how long the group may take,
-        after TERM, to undo what it started before it gets KILL (and we stop waiting)."""
-        command = build_kill_command(pgid, term_grace_s=TERM_GRACE_S + undo_s)
+    async def kill_remote(
+        self, host: str, pgid: int | None, *, needle: str = "", undo_s: float = 0.0
+    ) -> bool:
+        """End a remote process group (``pgid``, or every group whose command line holds
+        ``needle`` when its start marker never arrived); True once gone. Takes no session
+        slot: a kill must not wait behind the very calls it ends. ``undo_s``: how long the
+        group may take, after TERM, to undo what it started before it gets KILL."""
+        grace = TERM_GRACE_S + undo_s
+        command = (
+            build_kill_command(pgid, term_grace_s=grace)
+            if pgid is not None
+            else build_kill_matching(needle, term_grace_s=grace)
+        )
         deadline = self.clock() + KILL_WAIT_S + undo_s
         try:
             run = await self.run(host, command, deadline=deadline, use_slot=False)

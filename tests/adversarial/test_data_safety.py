@@ -118,30 +118,33 @@ async def test_successful_ops_change_exactly_what_they_should(sandbox: Sandbox) 
     assert (sandbox.cluster / "notes.txt").read_text() == "untracked notes\n"
 
 
-async def test_connection_killed_mid_fetch_changes_nothing_and_leaves_nothing_running(
+async def test_connection_killed_mid_fetch_ends_that_run_and_fetches_again_over_a_new_one(
     sandbox: Sandbox,
 ) -> None:
+    """A direct connection (no shared master) killed mid-fetch: the first run is ended on
+    the login node, the fetch runs again over a new connection, and the checkout itself is
+    never touched."""
     sandbox.git(sandbox.cluster, "config", "remote.origin.uploadpack", "sleep 53; git-upload-pack")
-    sandbox.push_from_other()
+    upstream = sandbox.push_from_other()
     before = snapshot(sandbox, sandbox.cluster)
-    tracking = sandbox.git(sandbox.cluster, "rev-parse", "origin/main")
 
     def killer() -> None:
         wait_until(lambda: processes_matching("sleep 53") != [], 10)
         time.sleep(0.3)
+        sandbox.git(sandbox.cluster, "config", "--unset", "remote.origin.uploadpack")
         sandbox.kill_sessions()
 
     thread = threading.Thread(target=killer)
     thread.start()
     async with mcp_session(sandbox, {"AEXP_RELAY_CONTROL_PERSIST": "no"}) as s:
-        err = data(await s.call_tool("airgapped_fetch", {"timeout": 20}))
+        result = data(await s.call_tool("airgapped_fetch", {"timeout": 20}))
     thread.join()
-    assert err["kind"] in ("connection_dropped", "unreachable", "killed"), err
+    assert [u["new"] for u in result["updated_refs"] if u["ref"] == "origin/main"] == [upstream]
+    assert any("dropped" in w for w in result["warnings"]), result
     assert await anyio.to_thread.run_sync(
         lambda: wait_until(lambda: processes_matching("sleep 53") == [], 8)
     )
     assert snapshot(sandbox, sandbox.cluster) == before
-    assert sandbox.git(sandbox.cluster, "rev-parse", "origin/main") == tracking
     assert no_locks(sandbox)
 
 

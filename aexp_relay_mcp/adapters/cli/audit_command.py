@@ -51,6 +51,8 @@ def _outcome(call: AuditedCall) -> str:
     label = OUTCOME_LABELS.get(call.outcome, call.outcome)
     if call.kind and call.kind != call.outcome and call.outcome != "ok":
         label += f" ({call.kind})"
+    if call.attempts > 1:
+        label += ", ran again (connection dropped)"
     return label
 
 
