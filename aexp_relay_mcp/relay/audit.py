@@ -3,9 +3,9 @@
 A call that reaches ssh writes a ``started`` line **before** ssh starts, and its final
 line when it ends; both carry the same ``request_id``. A read-only call whose connection
 dropped writes a ``retrying`` line for its first run, then runs again under the same id.
-A refusal that never reaches ssh writes one line. So a ``started`` line with no final line means the server died
-mid-call (SIGKILL, a crash, a power cut): ``aexp-relay-mcp audit`` shows such calls
-as never ended.
+A refusal that never reaches ssh writes one line. So a ``started`` line with no final
+line means the server died mid-call (SIGKILL, a crash, a power cut): ``aexp-relay-mcp
+audit`` shows such calls as never ended.
 
 Each line is one ``write`` on an ``O_APPEND`` descriptor, so lines from concurrent
 servers never interleave. The file is created 0600. A log that cannot be written never
