@@ -6,10 +6,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import pty
 import secrets
+import select
 import signal
 import subprocess
 import sys
+import time
+import tty
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -187,3 +191,101 @@ def test_every_audit_line_names_the_process_that_wrote_it(tmp_path: Path) -> Non
     log.record(request_id="x", op="push", outcome="started")
     entry = json.loads((tmp_path / "a.log").read_text())
     assert entry["pid"] == os.getpid() and entry["outcome"] == "started"
+
+
+def test_audit_counts_a_call_that_ran_again_after_a_drop_once(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    base = {"request_id": "r1", "op": "fetch", "pid": os.getpid()}
+    write_log(
+        log,
+        {**base, "outcome": "started", "time": at(2)},
+        {**base, "outcome": "retrying", "kind": "connection_dropped", "time": at(1.9)},
+        {**base, "outcome": "ok", "time": at(1.8), "duration_s": 1.2},
+        {"request_id": "r2", "op": "status", "pid": 1, "outcome": "started", "time": at(1)},
+        {"request_id": "r2", "op": "status", "pid": 1, "outcome": "retrying", "time": at(0.9)},
+    )
+    report = read_audit(log, alive=lambda pid: False)
+    first, second = report.calls
+    assert (first.outcome, first.attempts) == ("ok", 2)
+    # a retrying line is no final line: a server that died after it never ended the call
+    assert (second.outcome, second.attempts) == ("never_ended", 2)
+
+
+# ------------------------------------------------------------------ a bare start
+
+
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "a terminal", "version": "0"},
+    },
+}
+
+
+def read_line(fd: int, timeout: float = 20) -> bytes:
+    """One line from a pipe, within timeout."""
+    data = b""
+    deadline = time.monotonic() + timeout
+    while not data.endswith(b"\n") and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            chunk = os.read(fd, 1)
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+@pytest.mark.parametrize("stdin", ["a terminal", "a pipe"])
+def test_a_bare_start_on_a_terminal_says_what_it_is_on_stderr_and_still_serves(
+    sandbox_env: dict[str, str], stdin: str
+) -> None:
+    """Typed in a terminal, it says on stderr what it is and how to try it, and serves on;
+    started by a client (pipes), it says nothing of the kind. stdout stays the protocol's."""
+    if stdin == "a terminal":
+        master, slave = pty.openpty()
+        tty.setraw(slave)  # no echo, no line editing: bytes pass as written
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "aexp_relay_mcp"],
+            stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=sandbox_env,
+        )  # fmt: skip
+        os.close(slave)
+        write_to = master
+    else:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "aexp_relay_mcp"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=sandbox_env,
+        )  # fmt: skip
+        assert proc.stdin is not None
+        write_to = proc.stdin.fileno()
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        said = read_line(proc.stderr.fileno(), 10) if stdin == "a terminal" else b""
+        os.write(write_to, (json.dumps(INITIALIZE) + "\n").encode())
+        answer = json.loads(read_line(proc.stdout.fileno()))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=10)
+        os.close(write_to)
+    assert answer["id"] == 1 and answer["result"]["serverInfo"]["name"] == "aexp"
+    rest = proc.stderr.read().decode()
+    if stdin == "a terminal":
+        assert said.decode().startswith("aexp-relay-mcp ") and "MCP server" in said.decode()
+        assert "--selftest" in said.decode() and "Claude Code" in said.decode()
+    else:
+        assert "waiting for a client" not in rest
+
+
+@pytest.fixture
+def sandbox_env(tmp_path: Path) -> dict[str, str]:
+    """Enough environment to start the server (no call is made)."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "AEXP_RELAY_AUDIT_LOG": str(tmp_path / "audit.log"),
+    }

@@ -193,7 +193,7 @@ def render_reference_markdown() -> str:
             "RelayDownError",
             "`unreachable`",
             "ssh could not run the command for another reason.",
-            "Run `status`, or retry with AEXP_RELAY_SSH_VERBOSE=1.",
+            "Run `status`; set AEXP_RELAY_SSH_VERBOSE=1 for an ssh debug log.",
         )
     )
     for kind, (message, hint) in GUARD_FAILURES.items():

@@ -339,6 +339,17 @@ NO_OP_IN_PROGRESS = (
     '[ ! -e "$(git rev-parse --git-path "$_p")" ] || f operation_in_progress; done'
 )
 SAVE_HEAD = "o=$(git rev-parse -q --verify HEAD </dev/null)"
+# A checkout shared with a group says so in git's own setting: every file an op writes
+# (FETCH_HEAD, the index, refs, work-tree files, wandb's markers) is then group-writable,
+# whatever the member's umask, as git does for objects alone. An octal mode gives its bits
+# (directories also x where r).
+SHARED_UMASK = (
+    "case $(git config --get core.sharedRepository </dev/null 2>/dev/null) in "
+    "group|true|1) umask g+rw ;; "
+    "all|world|everybody|2) umask g+rw,o+r ;; "
+    "0[0-7][0-7][0-7]|[0-7][0-7][0-7]) _m=$(git config --get core.sharedRepository); "
+    '_m=$((0$_m)); umask "$(printf %o $((0777 & ~(_m | ((_m & 0444) >> 2)))))" ;; esac'
+)
 # git talks to origin over ssh without ever prompting; a core.sshCommand of the user's
 # (a key for GitHub) is kept, as git itself would.
 NO_SSH_PROMPT = (
@@ -466,7 +477,7 @@ def _parse_repo_status(out: ScriptOutput, args: NoArgs) -> dict[str, Any]:
 
 def _build_fetch(args: FetchArgs, ctx: BuildContext) -> Script:
     target: tuple[Word, ...] = ("--all",) if args.remote is None else (args.remote,)
-    parts = [GIT_PRESENT, REPO_ACCEPTED]
+    parts = [GIT_PRESENT, REPO_ACCEPTED, SHARED_UMASK]
     if args.remote is not None:
         parts.append(_remote_exists(args.remote))
     parts.append(NO_SSH_PROMPT)
@@ -542,6 +553,7 @@ def _mutating(op: str, ctx: BuildContext, checks: list[str], apply: str, failed:
     return _seq(
         GIT_PRESENT,
         REPO_ACCEPTED,
+        SHARED_UMASK,
         NO_OP_IN_PROGRESS,
         ON_A_BRANCH,
         SAVE_HEAD,
@@ -618,6 +630,7 @@ def _build_push(args: PushArgs, ctx: BuildContext) -> Script:
     return _seq(
         GIT_PRESENT,
         REPO_ACCEPTED,
+        SHARED_UMASK,
         _remote_exists(args.remote),
         NO_SSH_PROMPT,
         _network(step("push", *PUSH, "--porcelain", "--progress", args.remote, refspec)),
@@ -809,6 +822,7 @@ def _build_wandb_sync(args: WandbSyncArgs, ctx: BuildContext) -> Script:
     prog = render_words([_path_word(ctx.wandb_words[0])])
     loop = SYNC_RUNS.replace("{WANDB}", render_words(_wandb_program(ctx)))
     return _seq(
+        SHARED_UMASK,
         f"{variables_set(ctx.wandb_dir)}command -v {prog} >/dev/null 2>&1 || f wandb_missing",
         step("sync", "sh", "-c", loop, "sh", _path_word(ctx.wandb_dir), *(args.runs or [])),
     )

@@ -68,5 +68,5 @@ def classify_ssh_failure(stderr: str) -> Failure:
     return Failure(
         "unreachable",
         "ssh could not run the command on the host.",
-        "Run {op:status}, or retry with AEXP_RELAY_SSH_VERBOSE=1 and read the ssh log.",
+        "Run {op:status}: it says whether the host is reachable and what is wrong.",
     )

@@ -444,7 +444,7 @@ class ConnectionManager:
         raise RelayDownError(
             f"{failure.message} (while opening the shared connection to {host})",
             kind=failure.kind,
-            hint=f"{failure.hint.replace('{host}', host)} {CONNECT_HINT.format(host=host)}",
+            hint=master_hint(failure, host),
             exit_code=code,
             stderr_tail=tail(text),
             details={"master_log": str(log)},
@@ -520,6 +520,15 @@ class ConnectionManager:
             "-o", "ServerAliveCountMax=3",
             "--", host,
         ]  # fmt: skip
+
+
+def master_hint(failure: Failure, host: str) -> str:
+    """What to do when the shared connection could not start: the failure's own hint, and
+    the way to log in by hand (unless that hint says it already)."""
+    hint = failure.hint.replace("{host}", host)
+    if "aexp-relay-mcp connect" in hint:
+        return hint.replace("aexp-relay-mcp connect`", f"aexp-relay-mcp connect {host}`")
+    return f"{hint} {CONNECT_HINT.format(host=host)}"
 
 
 def master_start_timeout(host: str) -> RelayTimeoutError:

@@ -379,8 +379,20 @@ async def _serve(server: MCPServer, client: RelayClient) -> None:
         tg.cancel_scope.cancel()
 
 
+# What a person who typed `aexp-relay-mcp` in a terminal sees (on stderr: stdout is the
+# protocol's). An MCP client starts the server with pipes, and never sees it.
+ON_A_TERMINAL = (
+    f"aexp-relay-mcp {__version__}: an MCP server on stdio, waiting for a client such as "
+    "Claude Code (`claude mcp add aexp -- aexp-relay-mcp serve`). To try it yourself: "
+    "`aexp-relay-mcp --selftest`, `aexp-relay-mcp status`, or `aexp-relay-mcp --help`. "
+    "Ctrl-C stops it."
+)
+
+
 def serve(config: RelayConfig | None = None) -> int:
     """Run the stdio server until stdin closes or a signal arrives; leave no child behind."""
+    if sys.stdin is not None and sys.stdin.isatty():
+        print(ON_A_TERMINAL, file=sys.stderr, flush=True)
     cfg = config or RelayConfig.from_env()
     logging.basicConfig(
         stream=sys.stderr,
