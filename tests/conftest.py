@@ -37,13 +37,16 @@ def need_sshd() -> None:
     pytest.skip(reason)
 
 
-# Login nodes for tests that must hold on both: a clean account, and one as users have
-# them (a noisy, slow login shell and a power user's git config with chatty hooks).
+# Login nodes for tests that must hold on all of them: a clean account; one as users have
+# them (a noisy, slow login shell and a power user's git config with chatty hooks); and
+# accounts whose login shell is tcsh or fish, with noisy rc files of their own.
 BOTH_PROFILES = [
     pytest.param({"profile": "clean"}, id="clean"),
     pytest.param(
         {"profile": "noisy", "gitconfig": "power"}, id="noisy+power", marks=pytest.mark.realism
     ),
+    pytest.param({"profile": "noisy", "shell": "tcsh"}, id="tcsh", marks=pytest.mark.realism),
+    pytest.param({"profile": "noisy", "shell": "fish"}, id="fish", marks=pytest.mark.realism),
 ]
 
 

@@ -61,6 +61,16 @@ async def drop_when(
     DROPS[how](sb)
 
 
+def hook_runs(sb: Sandbox) -> bool:
+    """The slow fsmonitor hook (conftest.slow_status) of this sandbox is running."""
+    return processes_matching(str(sb.bin_dir / "slow-fsmonitor")) != []
+
+
+def tag(sb: Sandbox, what: str) -> str:
+    """A process name no other sandbox's test uses."""
+    return f"aexp-{what}-{sb.root.name}"
+
+
 def audit(sb: Sandbox) -> list[dict[str, Any]]:
     return [json.loads(line) for line in sb.audit_log.read_text().splitlines()]
 
@@ -94,7 +104,7 @@ async def test_read_only_calls_cut_by_a_drop_succeed_with_one_new_login(
     ]
     results = await asyncio.gather(
         *calls,
-        drop_when(sb, lambda: len(processes_matching("slow-fsmonitor")) >= 1, how),
+        drop_when(sb, lambda: hook_runs(sb), how),
         return_exceptions=True,
     )
     status, fetch, check, preview = results[:4]
@@ -113,7 +123,7 @@ async def test_read_only_calls_cut_by_a_drop_succeed_with_one_new_login(
         assert mine == ["started", "retrying", "ok"], mine
     # one new login for every caller that saw the drop, and nothing left running
     assert sb.logins() - before == 1
-    assert wait_until(lambda: processes_matching("slow-fsmonitor") == [], 5)
+    assert wait_until(lambda: not hook_runs(sb), 5)
 
 
 async def test_a_drop_before_the_command_started_is_retried_and_the_first_run_ended(
@@ -124,13 +134,13 @@ async def test_a_drop_before_the_command_started_is_retried_and_the_first_run_en
     sb = sandbox
     client = RelayClient(config=sb.config())
     await client.request("repo_status")
-    sb.account.delay_s = 1.5  # an rc file that takes 1.5 s before the command starts
+    sb.account.delay_s = 1.43  # an rc file that takes 1.43 s before the command starts
     sb.set_profile("noisy")
     before = sb.logins()
     result, check, _ = await asyncio.gather(
         client.request("repo_status"),
         client.check_connection(),
-        drop_when(sb, lambda: len(processes_matching("sleep 1.5")) >= 2, "master killed"),
+        drop_when(sb, lambda: len(processes_matching("sleep 1.43")) >= 2, "master killed"),
     )
     assert isinstance(result, RepoStatus) and result.head == sb.head(sb.cluster)
     assert any("dropped" in w for w in result.warnings)
@@ -150,9 +160,7 @@ async def test_a_drop_with_no_time_left_for_a_second_run_is_connection_dropped(
     started = time.monotonic()
     outcome, _ = await asyncio.gather(
         client.request("repo_status", timeout=1.5),
-        drop_when(
-            sb, lambda: processes_matching("slow-fsmonitor") != [], "master killed", after=0.7
-        ),
+        drop_when(sb, lambda: hook_runs(sb), "master killed", after=0.7),
         return_exceptions=True,
     )
     assert isinstance(outcome, RelayDownError) and outcome.kind == "connection_dropped"
@@ -172,13 +180,13 @@ async def test_a_command_killed_on_the_host_is_killed_not_a_drop(
 
     def kill_the_command() -> None:
         for pid, cmdline in processes_matching("timeout -k"):
-            if "@AEXP-" in cmdline:
+            if "@AEXP-" in cmdline and str(sb.cluster) in cmdline:  # this test's command
                 os.killpg(pid, signal.SIGKILL)
 
     outcome, _ = await asyncio.gather(
         client.request("repo_status"),
         asyncio.to_thread(
-            lambda: (wait_until(lambda: processes_matching("slow-fsmonitor") != [], 10),
+            lambda: (wait_until(lambda: hook_runs(sb), 10),
                      kill_the_command()),
         ),
         return_exceptions=True,
@@ -201,7 +209,7 @@ async def test_a_drop_on_an_mfa_host_is_not_retried_and_says_to_connect() -> Non
         started = time.monotonic()
         outcome, _ = await asyncio.gather(
             client.request("repo_status"),
-            drop_when(sb, lambda: processes_matching("slow-fsmonitor") != [], "master killed"),
+            drop_when(sb, lambda: hook_runs(sb), "master killed"),
             return_exceptions=True,
         )
         assert isinstance(outcome, RelayDownError) and outcome.kind == "connection_dropped"
@@ -226,18 +234,19 @@ async def test_a_pull_cut_by_a_drop_says_the_checkout_is_as_after_it_finished(
     await client.request("repo_status")
     upstream = sb.push_from_other()
     flag = sb.root / "dropped"
+    waiting = tag(sb, "post-merge")
     if end == "ended there":
-        sb.slow_hook("post-merge", 3, "aexp-post-merge-wait")
+        sb.slow_hook("post-merge", 3, waiting)
     else:
         hook = sb.hooks_dir / "post-merge"
         sb.write(hook, f"#!/bin/sh\nexec sh -c 'while [ ! -e {flag} ]; do sleep 0.01; done' "
-                       "aexp-post-merge-wait\n")  # fmt: skip
+                       f"{waiting}\n")  # fmt: skip
         hook.chmod(0o755)
         sb.account.delay_s = 0.5  # the relay's next session takes a while to start
         sb.set_profile("noisy")
 
     async def drop() -> None:
-        await drop_when(sb, lambda: processes_matching("aexp-post-merge-wait") != [], how)
+        await drop_when(sb, lambda: processes_matching(waiting) != [], how)
         flag.touch()
 
     outcome, _ = await asyncio.gather(client.request("pull"), drop(), return_exceptions=True)
@@ -256,10 +265,11 @@ async def test_a_rebase_cut_by_a_drop_is_undone_and_says_so(sandbox: Sandbox, ho
     sb.push_from_other()
     sb.commit(sb.cluster, "local.txt", "mine\n", "local work")
     before = snapshot(sb, sb.cluster)
-    sb.slow_hook("post-checkout", 3, "aexp-checkout-wait")  # the rebase's checkout
+    waiting = tag(sb, "checkout")
+    sb.slow_hook("post-checkout", 3, waiting)  # the rebase's checkout
     outcome, _ = await asyncio.gather(
         client.request("rebase"),
-        drop_when(sb, lambda: processes_matching("aexp-checkout-wait") != [], how),
+        drop_when(sb, lambda: processes_matching(waiting) != [], how),
         return_exceptions=True,
     )
     assert isinstance(outcome, RelayDownError) and outcome.kind == "connection_dropped", outcome
@@ -280,11 +290,12 @@ async def test_a_push_cut_by_a_drop_says_whether_it_landed(sandbox: Sandbox, lan
     old = sb.origin_refs()["refs/heads/main"]
     # origin's post-receive runs after the ref moved; the local pre-push before it does
     where = sb.origin / "hooks" / "post-receive" if landed else sb.hooks_dir / "pre-push"
-    sb.write(where, "#!/bin/sh\ncat >/dev/null\nexec sh -c 'sleep 4' aexp-push-wait\n")
+    waiting = tag(sb, "push")
+    sb.write(where, f"#!/bin/sh\ncat >/dev/null\nexec sh -c 'sleep 4' {waiting}\n")
     where.chmod(0o755)
     outcome, _ = await asyncio.gather(
         client.request("push"),
-        drop_when(sb, lambda: processes_matching("aexp-push-wait") != [], "master killed"),
+        drop_when(sb, lambda: processes_matching(waiting) != [], "master killed"),
         return_exceptions=True,
     )
     assert isinstance(outcome, RelayDownError) and outcome.kind == "connection_dropped", outcome
@@ -326,8 +337,11 @@ async def test_a_soak_with_the_master_killed_under_load_fails_no_read_only_call(
     sandbox: Sandbox,
 ) -> None:
     """Three servers, eight callers each, every read-only tool, the master SIGKILLed every
-    3 s (`benchmarks/bench_soak.py` runs it for longer and prints the figures)."""
-    figures = await soak(sandbox, seconds=12, kill_every=3)
+    4 s (`benchmarks/bench_soak.py` runs it for longer and prints the figures)."""
+    slow_status(sandbox, 0.1)  # calls in flight whenever the master dies
+    figures = await soak(sandbox, seconds=12, kill_every=4)
     assert figures.failed == 0, figures.summary()
-    assert figures.calls > 100 and figures.kills >= 2 and figures.retried >= 1, figures.summary()
-    assert figures.logins <= figures.kills, figures.summary()  # one per drop, all servers
+    assert figures.kills >= 2 and figures.calls > 30, figures.summary()
+    # every drop was a real one (the next call logged in again), and cost one login, for
+    # all three servers together
+    assert figures.logins == figures.kills, figures.summary()

@@ -286,7 +286,7 @@ async def test_concurrent_pushes_are_serialized_and_never_collide(sandbox: Sandb
 async def test_cancelled_call_kills_local_and_remote_processes_and_the_session_lives_on(
     sandbox: Sandbox,
 ) -> None:
-    sandbox.git(sandbox.cluster, "config", "remote.origin.uploadpack", "sleep 43; git-upload-pack")
+    sandbox.git(sandbox.cluster, "config", "remote.origin.uploadpack", "sleep 47; git-upload-pack")
     async with mcp_session(sandbox) as s:
         with anyio.move_on_after(1.5):
             await s.call_tool("airgapped_fetch", {})
@@ -295,7 +295,7 @@ async def test_cancelled_call_kills_local_and_remote_processes_and_the_session_l
             lambda: wait_until(lambda: sandbox.processes(masters=False) == [], 3)
         )
         assert await anyio.to_thread.run_sync(
-            lambda: wait_until(lambda: processes_matching("sleep 43") == [], 6)
+            lambda: wait_until(lambda: processes_matching("sleep 47") == [], 6)
         )
         assert time.monotonic() - cancelled_at < 6
         sandbox.git(sandbox.cluster, "config", "--unset", "remote.origin.uploadpack")

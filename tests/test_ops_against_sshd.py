@@ -33,10 +33,11 @@ pytestmark = [pytest.mark.anyio, pytest.mark.sshd]
 
 @pytest.fixture(params=BOTH_PROFILES)
 def sandbox(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
-    """Every op test runs twice: on a clean account, and on a login node whose shell
+    """Every op test runs four times: on a clean account; on a login node whose shell
     prints a banner on stdout, notices on stderr, and takes 0.3 s to start, and whose user
     has a power user's git config (untracked files hidden, colours, pagers, rebase and
-    autostash defaults, pushing tags) and chatty hooks: every value must be the same."""
+    autostash defaults, pushing tags) and chatty hooks; and on accounts whose login shell is
+    tcsh (a noisy ~/.cshrc) and fish (a noisy config.fish): every value must be the same."""
     with running_sandbox(**request.param) as sb:
         yield sb
 

@@ -19,6 +19,7 @@ import pytest
 from aexp_relay_mcp import RelayClient
 from aexp_relay_mcp.model.results import FetchResult, PullResult, RebaseResult
 from aexp_relay_mcp.sandbox import Sandbox
+from aexp_relay_mcp.sandbox.account import accounts_lock
 
 from .conftest import running_sandbox
 
@@ -32,13 +33,14 @@ LAB = "aexp-lab"
 
 def lab_gid(*members: str) -> int:
     """The lab's group, with these accounts in it (created once)."""
-    try:
-        gid = grp.getgrnam(LAB).gr_gid
-    except KeyError:
-        subprocess.run(["groupadd", "--system", LAB], check=True, capture_output=True)
-        gid = grp.getgrnam(LAB).gr_gid
-    for member in members:
-        subprocess.run(["usermod", "-aG", LAB, member], check=True, capture_output=True)
+    with accounts_lock():
+        try:
+            gid = grp.getgrnam(LAB).gr_gid
+        except KeyError:
+            subprocess.run(["groupadd", "--system", LAB], check=True, capture_output=True)
+            gid = grp.getgrnam(LAB).gr_gid
+        for member in members:
+            subprocess.run(["usermod", "-aG", LAB, member], check=True, capture_output=True)
     return gid
 
 

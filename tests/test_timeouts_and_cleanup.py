@@ -61,15 +61,15 @@ async def test_timeout_mid_fetch_leaves_no_process_on_the_login_node(
 async def test_cancelled_call_kills_local_and_remote_processes(
     client: RelayClient, sandbox: Sandbox
 ) -> None:
-    sandbox.git(sandbox.cluster, "config", "remote.origin.uploadpack", "sleep 41; git-upload-pack")
+    sandbox.git(sandbox.cluster, "config", "remote.origin.uploadpack", "sleep 27; git-upload-pack")
     task = asyncio.ensure_future(client.request("fetch", timeout=30))
-    assert await asyncio.to_thread(wait_until, lambda: processes_matching("sleep 41") != [], 10)
+    assert await asyncio.to_thread(wait_until, lambda: processes_matching("sleep 27") != [], 10)
     task.cancel()
     started = time.monotonic()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert time.monotonic() - started < 4
-    assert wait_until(lambda: processes_matching("sleep 41") == [], timeout=5)
+    assert wait_until(lambda: processes_matching("sleep 27") == [], timeout=5)
     assert sandbox.processes(masters=False) == []
     last = sandbox.audit_log.read_text().splitlines()[-1]
     assert '"outcome": "cancelled"' in last
@@ -102,13 +102,13 @@ async def test_verbose_ssh_goes_to_a_log_file_and_never_to_the_pipe(sandbox: San
 
 
 async def test_runner_timeout_kills_grandchildren_that_hold_the_pipes() -> None:
-    code = "import subprocess,time; subprocess.Popen(['sleep','53']); time.sleep(60)"
+    code = "import subprocess,time; subprocess.Popen(['sleep','29']); time.sleep(60)"
     argv = [sys.executable, "-c", code]
     started = time.monotonic()
     with pytest.raises(ProcessTimeout):
         await run_process(argv, timeout=0.5, output_cap=1024)
     assert time.monotonic() - started < 3
-    assert wait_until(lambda: processes_matching("sleep 53") == [], timeout=2)
+    assert wait_until(lambda: processes_matching("sleep 29") == [], timeout=2)
 
 
 async def test_runner_caps_output_keeping_head_and_tail() -> None:
@@ -137,12 +137,12 @@ async def test_runner_reports_nonzero_exit_without_raising() -> None:
 
 
 async def test_runner_cancel_reaps_the_child() -> None:
-    task = asyncio.ensure_future(run_process(["sleep", "59"], timeout=30, output_cap=1024))
+    task = asyncio.ensure_future(run_process(["sleep", "23"], timeout=30, output_cap=1024))
     await asyncio.sleep(0.3)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert processes_matching("sleep 59") == []
+    assert processes_matching("sleep 23") == []
     # No zombie either: the child was reaped.
     assert wait_until(lambda: zombie_children() == [], timeout=2)
 

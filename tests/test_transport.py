@@ -187,8 +187,9 @@ def test_the_remote_kill_refuses_process_group_one() -> None:
 async def test_a_master_our_client_cannot_talk_to_is_handed_to_a_spawned_ssh(
     sandbox: Sandbox,
 ) -> None:
-    """A live socket whose master speaks another protocol version: no fresh login of our
-    own; ssh's client gets the call (and falls back as ssh does)."""
+    """A live socket whose master speaks another protocol version: ssh's client gets the
+    call. This one talks to no client at all: then the relay logs in by itself, once, and
+    says so (ssh's own client is never let fall back to a login behind the relay's back)."""
     import contextlib
     import socket
     import struct
@@ -217,7 +218,8 @@ async def test_a_master_our_client_cannot_talk_to_is_handed_to_a_spawned_ssh(
         server.close()
     assert isinstance(result, RepoStatus) and result.branch == "main"
     final = json.loads(sandbox.audit_log.read_text().splitlines()[-1])
-    assert final["via"] == "ssh" and final["outcome"] == "ok"
+    assert final["via"] == "direct" and final["outcome"] == "ok"
+    assert sandbox.logins() == 1
 
 
 @pytest.mark.sshd

@@ -79,8 +79,8 @@ async def check_connection(
             await cancel_and_wait(measure)
             raise
         shell_ms = await measure
-        if shell_ms is None and call.attempts > 1:
-            # the dropped connection took the probes with it: measure over the new one
+        if shell_ms is None:
+            # a dropped connection took the probes with it: measure over the new one
             shell_ms = await _login_shell_ms(runner, call)
         return await _reachable(runner, call, out, base, rtt, shell_ms)
 

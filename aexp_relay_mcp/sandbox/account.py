@@ -26,10 +26,13 @@ Git configurations (``gitconfig``), for the account and the system:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import pwd
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -216,6 +219,18 @@ def shell_path(shell: str) -> str:
     return found
 
 
+@contextlib.contextmanager
+def accounts_lock() -> Iterator[None]:
+    """One process at a time changes the machine's accounts (test workers run sandboxes
+    side by side; two `useradd` of one name would race)."""
+    with open("/tmp/aexp-accounts.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def login_user(shell: str = "bash") -> LoginUser:
     """As root, a dedicated user per login shell (created once; bash's is ``aexp-sbx``),
     so no rc file of root's gets in the way. Not root: the current user, bash only."""
@@ -227,6 +242,11 @@ def login_user(shell: str = "bash") -> LoginUser:
         return current_user()
     path = shell_path(shell)
     name = SANDBOX_USER if shell == "bash" else f"{SANDBOX_USER}-{shell}"
+    with accounts_lock():
+        return _account(name, path)
+
+
+def _account(name: str, path: str) -> LoginUser:
     try:
         pw = pwd.getpwnam(name)
     except KeyError:
@@ -262,23 +282,28 @@ INTRUDER = "aexp-intruder"
 def intruder() -> LoginUser:
     """Another local account on the user's own machine (root only; created once): the one
     that listens at a shared ControlPath first."""
-    try:
-        pw = pwd.getpwnam(INTRUDER)
-    except KeyError:
-        subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/bin/sh", INTRUDER],
-            check=True,
-            capture_output=True,
-        )
-        pw = pwd.getpwnam(INTRUDER)
+    with accounts_lock():
+        try:
+            pw = pwd.getpwnam(INTRUDER)
+        except KeyError:
+            subprocess.run(
+                ["useradd", "--system", "--no-create-home", "--shell", "/bin/sh", INTRUDER],
+                check=True,
+                capture_output=True,
+            )
+            pw = pwd.getpwnam(INTRUDER)
     return LoginUser(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir)
 
 
 def set_password(user: LoginUser, password: str) -> None:
     """For the MFA stand-in (root only): sshd checks it against /etc/shadow."""
-    subprocess.run(
-        ["chpasswd"], input=f"{user.name}:{password}\n".encode(), check=True, capture_output=True
-    )
+    with accounts_lock():
+        subprocess.run(
+            ["chpasswd"],
+            input=f"{user.name}:{password}\n".encode(),
+            check=True,
+            capture_output=True,
+        )
 
 
 class Account:

@@ -304,14 +304,28 @@ class Sandbox:
         """A busy lab: ``refs`` new branches on origin (CI and bot branches), ``commits``
         new commits upstream, a sweep of ``runs`` offline runs, and ``files`` changed files
         in the checkout (job outputs nobody ignored). Returns what it made."""
-        # commits upstream, quickly: git fast-import in the other clone
+        self.upstream_commits(commits)
+        self.new_branches(refs)
+        for i in range(files):
+            (self.cluster / f"job-{i:05d}.out").write_text(f"step {i}\n")
+        self.repos.own(self.cluster)
+        make_sweep(self.cluster / "wandb", runs, self.repos)
+        return {"refs": refs, "runs": runs, "files": files, "commits": commits}
+
+    def upstream_commits(self, count: int, *, subject_chars: int = 0) -> str:
+        """``count`` new commits on origin's main (git fast-import in the other clone), each
+        subject padded to ``subject_chars`` (a bot's long messages); the new upstream."""
         head = self.head(self.other)
         stream = []
-        for i in range(commits):
+        for i in range(count):
+            subject = f"bot: step {i}"
+            if subject_chars:
+                filler = " and a long description" * (subject_chars // 20 + 1)
+                subject = (subject + filler)[:subject_chars]
             stream += [
                 "commit refs/heads/main",
                 f"committer Bot <bot@example.invalid> {1767225600 + i} +0000",
-                f"data <<END\nbot: step {i}\nEND",
+                f"data <<END\n{subject}\nEND",
                 *([f"from {head}"] if i == 0 else []),
                 f"M 644 inline bot/step-{i % 50}.txt",
                 f"data <<END\n{i}\nEND",
@@ -320,14 +334,39 @@ class Sandbox:
         self.repos.git(self.other, "fast-import", "--quiet", input="\n".join(stream) + "\n")
         self.git(self.other, "reset", "-q", "--hard", "main")
         self.git(self.other, "push", "-q", "origin", "main")
-        upstream = self.head(self.other)
-        lines = "".join(f"create refs/heads/ci/job-{i:05d} {upstream}\n" for i in range(refs))
+        return self.head(self.other)
+
+    def new_branches(self, count: int, *, long: bool = False) -> None:
+        """``count`` new branches on origin at its main (CI and bot branches); ``long``:
+        with names as long as such bots make them."""
+        upstream = self.origin_refs()["refs/heads/main"]
+        name = "ci/nightly-regression/cluster-a100/job" if long else "ci/job"
+        lines = "".join(f"create refs/heads/{name}-{i:05d} {upstream}\n" for i in range(count))
         self.repos.git(self.origin, "update-ref", "--stdin", input=lines)
-        for i in range(files):
-            (self.cluster / f"job-{i:05d}.out").write_text(f"step {i}\n")
+
+    def changed_tracked_files(self, count: int) -> None:
+        """``count`` tracked files in the checkout, under the deep, long paths a sweep's
+        outputs have (``data/.../shard-.../sample-....csv``), all of them rewritten since:
+        committed first (fast-import), checked out, then changed."""
+        paths = [
+            f"data/experiment-{i % 10:02d}/seed-{i % 100:03d}/shard-{i // 1000:05d}-of-"
+            f"{count:06d}/sample-{i:06d}-augmented-cropped-normalized-224x224.csv"
+            for i in range(count)
+        ]
+        head = self.head(self.cluster)
+        stream = [
+            "commit refs/heads/main",
+            "committer Sweep <sweep@example.invalid> 1767225600 +0000",
+            f"data <<END\nsweep outputs ({count} files)\nEND",
+            f"from {head}",
+            *(f"M 644 inline {p}\ndata <<END\nv1\nEND" for p in paths),
+            "",
+        ]
+        self.repos.git(self.cluster, "fast-import", "--quiet", input="\n".join(stream) + "\n")
+        self.git(self.cluster, "reset", "-q", "--hard", "main")
+        for p in paths:
+            (self.cluster / p).write_text("v2\n")
         self.repos.own(self.cluster)
-        make_sweep(self.cluster / "wandb", runs, self.repos)
-        return {"refs": refs, "runs": runs, "files": files, "commits": commits}
 
     def shared_control_path(self) -> tuple[str, str]:
         """An alias whose ControlPath is in a directory every local account can write to,

@@ -70,6 +70,7 @@ NEEDS_A_HUMAN = ("auth_failed", "host_key_unknown", "host_key_changed")
 MUX_FAILURE_MARKERS = (
     "Control socket connect",
     "mux_client",
+    "muxclient",
     "disabling multiplexing",
     "ControlSocket",
 )

@@ -33,15 +33,21 @@ from ..model.errors import RelayError, RelayTimeoutError
 from . import mux
 from .argv import build_ssh_argv
 from .login_shell import for_login_shell
-from .masters import ConnectionManager, Route, SharedConnection, master_start_timeout
+from .masters import (
+    MUX_FAILURE_MARKERS,
+    ConnectionManager,
+    Route,
+    SharedConnection,
+    master_start_timeout,
+)
 from .remote_kill import KILL_DONE, TERM_GRACE_S, build_kill_command, build_kill_matching
 from .runner import OnStart, ProcessResult, ProcessTimeout, Runner, run_process
 from .trust import vouch_for_handoff
 
 REFUSED_RETRY_S = 0.05
 # Waiting for a remote group to be gone after TERM (most exit at once; a slow login
-# shell adds its start-up time to the kill call itself).
-KILL_WAIT_S = 1.5
+# shell, or a busy login node, adds its start-up time to the kill call itself).
+KILL_WAIT_S = 3.0
 # The probe `status` compares a shell-starting call with: a subsystem nobody defines,
 # which sshd refuses without starting the login shell. sshd logs the refusal at INFO.
 NO_SHELL_PROBE = "aexp-relay-no-shell-probe"
@@ -149,6 +155,9 @@ class Transport:
                     # It accepts and never answers: ssh's own client would hang on it too.
                     break
                 if mux.socket_accepts(route.control_path):
+                    if route.control_path in self._spawn_only:
+                        # Neither our client nor ssh's can talk to it: a login of our own.
+                        break
                     # Alive, but not a master our client can talk to: ssh's own can.
                     self._spawn_only.add(route.control_path)
                 else:
@@ -186,11 +195,17 @@ class Transport:
             distrust = vouch_for_handoff(path)
             if distrust is not None:
                 raise mux.MasterUntrusted(distrust)
-            options = [f"ControlPath={path}"]
+            # No fresh login behind our back: when the master is gone by the time this ssh
+            # connects to it, ssh would log in directly; a ProxyCommand that fails stops it.
+            options = [f"ControlPath={path}", "ProxyCommand=false"]
             result = await self._spawn(
                 host, command, options, deadline, on_stderr, on_start, verbose_log
             )
             self.connections.note_result(path, result.stderr)
+            if result.exit_code == 255 and any(m in result.stderr for m in MUX_FAILURE_MARKERS):
+                # ssh's client could not use the master either (gone, or it would not talk):
+                # nothing ran; the caller's next round decides where the call goes
+                raise mux.MasterUnavailable(f"ssh could not use the master at {path}")
             # ssh's own mux client says nothing (at LogLevel ERROR) when the master dies
             if result.exit_code == 255 and await master_gone(path):
                 result = _noted(result, mux.MASTER_CLOSED)
