@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aexp_relay_mcp import RelayClient, RelayError
 from aexp_relay_mcp.model.budget import RESULT_CHARS
-from aexp_relay_mcp.model.results import FetchResult, PullResult, RepoStatus
+from aexp_relay_mcp.model.results import RepoStatus
 from aexp_relay_mcp.remote.quoting import quote
 from aexp_relay_mcp.sandbox import Sandbox
 
@@ -100,47 +100,60 @@ async def changed_files(count: int, rounds: int, cap: int | None) -> Row:
     )
 
 
-async def new_branches(count: int, cap: int | None) -> Row:
+async def in_a_twin(
+    title: str,
+    prepare: Callable[[Sandbox], object],
+    op: str,
+    raw_command: str,
+    total: str,
+    git_count: Callable[[Sandbox], int],
+    expected: int,
+    cap: int | None,
+) -> Row:
+    """An op that changes the checkout, once, next to raw git doing the same in a twin
+    clone (made before ``prepare`` changed origin); ``total`` is checked against git."""
     with Sandbox() as sb:
         twin = sb.repos.clone(sb.remote_dir / "twin")
-        sb.new_branches(count, long=True)
+        prepare(sb)
         client = RelayClient(config=sb.config(**({"output_cap": cap} if cap else {})))
         await client.request("repo_status")
-        seconds, fetched = await timed(lambda: client.request("fetch"))
-        raw_s = await raw(client, twin, "git fetch -q --prune --all")
-        git_says = len(sb.git(sb.cluster, "for-each-ref", "refs/remotes/origin/ci").splitlines())
-    assert isinstance(fetched, FetchResult)
-    exact = fetched.new_count == git_says == count
-    totals = f"new_count {fetched.new_count} (git: {git_says})"
+        seconds, value = await timed(lambda: client.request(op))
+        raw_s = await raw(client, twin, raw_command)
+        git_says = git_count(sb)
+    got = getattr(value, total)
     return (
-        f"fetch, {count:,} new branches",
+        title,
         seconds,
         raw_s,
-        result_chars(fetched),
-        totals,
-        exact,
+        result_chars(value),
+        f"{total} {got} (git: {git_says})",
+        got == git_says == expected,
+    )
+
+
+async def new_branches(count: int, cap: int | None) -> Row:
+    return await in_a_twin(
+        f"fetch, {count:,} new branches",
+        lambda sb: sb.new_branches(count, long=True),
+        "fetch",
+        "git fetch -q --prune --all",
+        "new_count",
+        lambda sb: len(sb.git(sb.cluster, "for-each-ref", "refs/remotes/origin/ci").splitlines()),
+        count,
+        cap,
     )
 
 
 async def upstream_commits(count: int, cap: int | None) -> Row:
-    with Sandbox() as sb:
-        twin = sb.repos.clone(sb.remote_dir / "twin")
-        sb.upstream_commits(count, subject_chars=400)
-        client = RelayClient(config=sb.config(**({"output_cap": cap} if cap else {})))
-        await client.request("repo_status")
-        seconds, pulled = await timed(lambda: client.request("pull"))
-        raw_s = await raw(client, twin, "git pull -q --ff-only")
-        git_says = int(sb.git(sb.cluster, "rev-list", "--count", "HEAD@{1}..HEAD").strip())
-    assert isinstance(pulled, PullResult)
-    exact = pulled.commit_count == git_says == count
-    totals = f"commit_count {pulled.commit_count} (git: {git_says})"
-    return (
+    return await in_a_twin(
         f"pull, {count:,} commits",
-        seconds,
-        raw_s,
-        result_chars(pulled),
-        totals,
-        exact,
+        lambda sb: sb.upstream_commits(count, subject_chars=400),
+        "pull",
+        "git pull -q --ff-only",
+        "commit_count",
+        lambda sb: int(sb.git(sb.cluster, "rev-list", "--count", "HEAD@{1}..HEAD").strip()),
+        count,
+        cap,
     )
 
 

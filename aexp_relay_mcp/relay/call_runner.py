@@ -214,9 +214,10 @@ class CallRunner:
         Progress: ``on_progress`` gets git's percentages; ``on_stderr`` reads stderr itself.
 
         A dropped connection is routine. A read-only call (``retry``, or its op's
-        ``retry_on_drop``) runs once more over a new connection, within its deadline, after
-        the first run is ended on the host. Any other call is never run again: its error
-        says what became of the checkout (the undo's report, or ``after_drop``'s probe)."""
+        ``retry_on_drop``) runs once more over a new connection, within its deadline (a
+        fetch's first run is ended on the host first). Any other call is never run again:
+        its error says what became of the checkout (the undo's report, or ``after_drop``'s
+        probe)."""
         retry = spec.retry_on_drop if spec is not None else retry
         # An op that undoes itself when cut gets the time to (remote TERM-to-KILL, our wait).
         call.undo_s = UNDO_S if spec is not None and spec.undoes else 0.0
@@ -325,11 +326,10 @@ class CallRunner:
         report, or what ``after_drop`` reads (whether a push landed)."""
         host, repo = call.host or "", call.repo or ""
         started = call.remote is not None or call.unconfirmed is not None
-        await call.stop_remote(unconfirmed=True)
+        cut = await self._stop_and_report(call, partial, unconfirmed=True)
         if error is None or not started:
             return
-        if call.undo_s:
-            cut = await self._read_undo_report(call, partial)
+        if cut is not None:
             error.message += " " + undo_sentence(cut, host, repo)
             error.details.update(undo_details(cut, repo))
         elif after_drop is not None:
@@ -354,11 +354,14 @@ class CallRunner:
             return None
         return parse_script_output(run.result.stdout, run.result.stderr, nonce)
 
-    async def _stop_and_report(self, call: Call, partial: ScriptOutput | None) -> UndoReport | None:
-        """End the remote group; for an op that undoes itself, wait until it has, and read
-        its report. None for other ops."""
-        started = call.remote is not None
-        await call.stop_remote()
+    async def _stop_and_report(
+        self, call: Call, partial: ScriptOutput | None, *, unconfirmed: bool = False
+    ) -> UndoReport | None:
+        """End the remote group (``unconfirmed``: also a command whose start never came
+        back); for an op that undoes itself, wait until it has, and read its report. None
+        for other ops, and when nothing had been sent."""
+        started = call.remote is not None or (unconfirmed and call.unconfirmed is not None)
+        await call.stop_remote(unconfirmed=unconfirmed)
         if not call.undo_s or not started:
             return None
         return await self._read_undo_report(call, partial)

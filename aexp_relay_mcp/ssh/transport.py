@@ -82,6 +82,13 @@ async def master_gone(path: str) -> bool:
     return await mux.alive_check(path, timeout=1.0) is None
 
 
+def through(path: str) -> list[str]:
+    """ssh options for a session over the master at path, and nothing else: when the master
+    is gone by the time ssh connects to it, ssh would log in by itself (a fresh login, a
+    prompt on an MFA host); a ProxyCommand that fails stops that."""
+    return [f"ControlPath={path}", "ProxyCommand=false"]
+
+
 def _noted(result: ProcessResult, line: str) -> ProcessResult:
     """result, with a line of the relay's own at the end of its stderr."""
     return dataclasses.replace(result, stderr=f"{result.stderr}\naexp-relay: {line}\n")
@@ -195,11 +202,8 @@ class Transport:
             distrust = vouch_for_handoff(path)
             if distrust is not None:
                 raise mux.MasterUntrusted(distrust)
-            # No fresh login behind our back: when the master is gone by the time this ssh
-            # connects to it, ssh would log in directly; a ProxyCommand that fails stops it.
-            options = [f"ControlPath={path}", "ProxyCommand=false"]
             result = await self._spawn(
-                host, command, options, deadline, on_stderr, on_start, verbose_log
+                host, command, through(path), deadline, on_stderr, on_start, verbose_log
             )
             self.connections.note_result(path, result.stderr)
             if result.exit_code == 255 and any(m in result.stderr for m in MUX_FAILURE_MARKERS):
@@ -346,7 +350,7 @@ class Transport:
             else:
                 path = route.control_path
                 handoff = path is not None and vouch_for_handoff(path) is None
-                options = [f"ControlPath={path}" if handoff else NO_CONTROL_PATH]
+                options = through(path) if path is not None and handoff else [NO_CONTROL_PATH]
                 argv = self.ssh_argv(host, NO_SHELL_PROBE, options)
                 argv.insert(1, "-s")
                 await self.runner(argv, timeout=self._left(deadline), output_cap=4096, env=self.env)
