@@ -7,8 +7,11 @@ between neighbours are the cost of each piece:
 
 1. the session alone: the native mux client runs `true` (no git)
 2. raw `git status`, native session (what the command costs on the login node)
+2b. the same status counted on the login node (`| tr | awk`: exact totals at any size)
 3. raw `git status` through a spawned `ssh -o ControlPath=...` (the raw-ssh baseline)
-4. our whole remote command (markers, `timeout`, `sh`, the HEAD subject), native session
+4. our whole remote command (markers, `timeout`, `sh`, the HEAD subject), native session,
+   as a POSIX login shell reads it
+4b. the same through the login-shell line every shell reads alike (base64, `/bin/sh`)
 5. the relay's `request("repo_status")` (validation, audit lines, parsing, the result)
 6. an MCP `tools/call` over stdio, raw JSON-RPC with a progress token
 """
@@ -29,9 +32,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_relay import JsonRpcServer
 
 from aexp_relay_mcp import RelayClient
+from aexp_relay_mcp.remote.counting import counted_status
 from aexp_relay_mcp.remote.ops import OPS, BuildContext, NoArgs
 from aexp_relay_mcp.remote.script import build_remote_command
 from aexp_relay_mcp.sandbox import HOST_ALIAS, Sandbox
+from aexp_relay_mcp.ssh.login_shell import for_login_shell
 from aexp_relay_mcp.ssh.mux import run_session
 
 
@@ -44,6 +49,8 @@ async def run(calls: int) -> dict[str, list[float]]:
         body = OPS["repo_status"].build(NoArgs(), BuildContext(str(sb.cluster), ("wandb",)))
         ours = build_remote_command(body, str(sb.cluster), "0123456789abcdef", timeout=60, grace=5)
         plain = f"cd {shlex.quote(str(sb.cluster))} && git status --porcelain=v2 --branch"
+        status = "git status --porcelain=v2 --branch"
+        counted = f"cd {shlex.quote(str(sb.cluster))} && {counted_status(status)}"
         server = JsonRpcServer(sb.env())
         await server.start()
         await server.tool("airgapped_repo_status")
@@ -68,8 +75,10 @@ async def run(calls: int) -> dict[str, list[float]]:
         cases = {
             "1 session, `true`": lambda: session("true"),
             "2 + git status (native)": lambda: session(plain),
+            "2b git status, counted there": lambda: session(counted),
             "3 git status, spawned ssh": spawned,
             "4 our remote command (native)": lambda: session(ours),
+            "4b + the login-shell line": lambda: session(for_login_shell(ours)),
             "5 relay request()": relay,
             "6 MCP tools/call": mcp,
         }

@@ -64,8 +64,9 @@ def capped(text: str, cap: int) -> str:
 
 
 def status_records(n: int, path_len: int = 10) -> list[str]:
-    """git status -z records: the branch, then n entries of each kind (renames with their
-    source), paths of about path_len characters, one with a newline in it."""
+    """git status lines: the branch, then n entries of each kind (renames with their source
+    after a tab), paths of about path_len characters; one with a newline in it, C-quoted as
+    git prints it."""
     long = "d/" * (path_len // 2)
     records = [f"# branch.oid {SHA1}", "# branch.head main", "# branch.ab +1 -2"]
     for i in range(n):
@@ -73,17 +74,16 @@ def status_records(n: int, path_len: int = 10) -> list[str]:
             f"1 M. N... 100644 100644 100644 {SHA1} {SHA1} {long}staged-{i}",
             f"1 .M N... 100644 100644 100644 {SHA1} {SHA1} {long}unstaged {i}",
             f"1 MM N... 100644 100644 100644 {SHA1} {SHA1} {long}both-{i}",
-            f"2 R. N... 100644 100644 100644 {SHA1} {SHA1} R100 {long}new-{i}",
-            f"{long}old-{i}",
+            f"2 R. N... 100644 100644 100644 {SHA1} {SHA1} R100 {long}new-{i}\t{long}old-{i}",
             f"u UU N... 100644 100644 100644 100644 {SHA1} {SHA1} {SHA1} {long}conflict-{i}",
-            f"? {long}untracked\nline-{i}",
+            f'? "{long}untracked\\nline-{i}"',
         ]
     return records
 
 
 def count_status(records: list[str], tmp_path: Path, exit_code: int = 0) -> tuple[str, int]:
-    data = tmp_path / "status.z"
-    data.write_bytes(("\0".join(records) + "\0").encode())
+    data = tmp_path / "status.txt"
+    data.write_bytes(("\n".join(records) + "\n").encode())
     fake_git = f"( cat {quote(str(data))}; exit {exit_code} )"
     return run_sh(counted_status(fake_git))
 
@@ -121,9 +121,13 @@ def test_status_counter_bounds_its_output_whatever_the_path_lengths(tmp_path: Pa
     assert found.totals == (900, 600, 300, 300)
 
 
-def test_status_counter_exits_as_git_did(tmp_path: Path) -> None:
-    text, code = count_status(["# branch.head main"], tmp_path, exit_code=128)
-    assert code == 128 and counted(section("status", text), 4).totals == (0, 0, 0, 0)
+def test_status_counter_fails_with_no_count_when_git_failed(tmp_path: Path) -> None:
+    """git prints nothing but its reason (on stderr): the step fails, and no total of zero
+    is ever read from it."""
+    text, code = count_status([], tmp_path, exit_code=128)
+    assert code != 0
+    with pytest.raises(UnparseableOutput, match="count"):
+        counted(section("status", text), 4)
 
 
 # ------------------------------------------------------------------ refs a fetch moved
@@ -172,7 +176,7 @@ def test_twenty_thousand_new_refs_are_counted_exactly_and_a_few_printed() -> Non
 
 
 def test_names_are_counted_and_the_first_printed() -> None:
-    names = "".join(f"dir/file {i}\0" for i in range(1000))
+    names = "".join(f"dir/file {i}\n" for i in range(1000))
     text, _ = run_sh(counted_names(printing(names), cap=10))
     found = counted(section("conflicts", text), 1)
     assert found.totals == (1000,) and found.records[:2] == ["dir/file 0", "dir/file 1"]

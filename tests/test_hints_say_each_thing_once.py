@@ -16,7 +16,7 @@ from aexp_relay_mcp.relay.diagnose import fill, script_failure, transport_failur
 from aexp_relay_mcp.remote.failures import GIT_FAILURES, GUARD_FAILURES, classify_guard_failure
 from aexp_relay_mcp.remote.output import ScriptOutput, Section
 from aexp_relay_mcp.ssh.failures import SSH_FAILURES
-from aexp_relay_mcp.ssh.login_shell import NO_BASE64, login_shell_failure
+from aexp_relay_mcp.ssh.login_shell import login_shell_failure
 from aexp_relay_mcp.ssh.masters import CONNECT_HINT, master_hint
 from aexp_relay_mcp.ssh.runner import ProcessResult
 
@@ -72,7 +72,6 @@ for _kind in GUARD_FAILURES:
     HINTS.append((f"guard {_kind}", render_hint(fill(_f.hint, HOST, REPO))))
 for _shell in (None, "/bin/bash", "/usr/bin/tcsh", "/usr/bin/fish"):
     HINTS.append((f"login shell {_shell}", fill(login_shell_failure(_shell, 1, "").hint, HOST, "")))
-HINTS.append(("base64", login_shell_failure(None, 127, NO_BASE64).hint))
 for _kind, _, _message, _hint in SSH_FAILURES:
     _started = master_hint(Failure(_kind, _message, _hint), HOST)
     HINTS.append((f"master start {_kind}", render_hint(_started)))

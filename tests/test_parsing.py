@@ -15,7 +15,11 @@ from aexp_relay_mcp.relay.audit import AuditLog
 from aexp_relay_mcp.remote.failures import classify_git_failure
 from aexp_relay_mcp.remote.ops import op_arguments
 from aexp_relay_mcp.remote.output import parse_script_output
-from aexp_relay_mcp.remote.parsing import parse_push_porcelain, parse_status_records
+from aexp_relay_mcp.remote.parsing import (
+    parse_push_porcelain,
+    parse_status_records,
+    unquote_path,
+)
 from aexp_relay_mcp.ssh.failures import classify_ssh_failure
 
 SHA1 = "a" * 40
@@ -31,8 +35,7 @@ def test_status_z_parses_branch_upstream_and_every_kind_of_entry() -> None:
         "# branch.ab +2 -3",
         f"1 M. N... 100644 100644 100644 {SHA1} {SHA1} staged file.py",
         f"1 .M N... 100644 100644 100644 {SHA1} {SHA1} unstaged.py",
-        f"2 R. N... 100644 100644 100644 {SHA1} {SHA1} R100 new name.py",
-        "old name.py",
+        f"2 R. N... 100644 100644 100644 {SHA1} {SHA1} R100 new name.py\told name.py",
         f"u UU N... 100644 100644 100644 100644 {SHA1} {SHA1} {SHA1} both.py",
         "? untracked dir/file.txt",
     ]
@@ -220,3 +223,18 @@ def test_every_test_the_security_model_cites_exists() -> None:
         assert f"def {match.group(2)}(" in source, f"{current}::{match.group(2)} is missing"
         cited += 1
     assert cited >= 30
+
+
+@pytest.mark.parametrize(
+    ("printed", "path"),
+    [
+        ("plain name.txt", "plain name.txt"),
+        ('"tab\\there"', "tab\there"),
+        ('"new\\nline and \\"quotes\\" and \\\\"', 'new\nline and "quotes" and \\'),
+        ('"bell\\a \\303\\274"', "bell\a ü"),  # octal bytes: UTF-8 back together
+        ('"ünïcödé raw"', "ünïcödé raw"),
+        ('"', '"'),
+    ],
+)
+def test_a_path_git_quoted_reads_back_as_the_path(printed: str, path: str) -> None:
+    assert unquote_path(printed) == path

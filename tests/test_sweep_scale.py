@@ -155,7 +155,7 @@ def test_an_error_of_any_size_fits_the_budget(files: list[str]) -> None:
 def sweep() -> Iterator[Sandbox]:
     with running_sandbox(runs=1) as sb:
         make_sweep(sb.cluster / "wandb", 12, sb.repos)
-        sb.write(sb.wandb_log.with_name(sb.wandb_log.name + ".delay"), "0.4")
+        sb.write(sb.wandb_log.with_name(sb.wandb_log.name + ".delay"), "0.5")
         yield sb
 
 
@@ -178,7 +178,7 @@ async def test_an_upload_cut_short_says_what_is_left_and_resumes_without_uploadi
         cut = data(
             await s.call_tool(
                 "airgapped_wandb_sync",
-                {"approve": True, "timeout": 3},
+                {"approve": True, "timeout": 4},
                 progress_callback=on_progress,
             )
         )

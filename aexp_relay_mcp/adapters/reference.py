@@ -11,11 +11,9 @@ from ..model.errors import render_hint
 from ..remote.failures import GIT_FAILURES, GUARD_FAILURES
 from ..remote.ops import OPS
 from ..ssh.failures import SSH_FAILURES
-from ..ssh.login_shell import NO_BASE64 as NO_BASE64_TEXT
 from ..ssh.login_shell import login_shell_failure
 
 LOGIN_SHELL = login_shell_failure(None, 1, "")
-NO_BASE64 = login_shell_failure(None, 127, NO_BASE64_TEXT)
 
 OTHER_KINDS: tuple[tuple[str, str, str, str], ...] = (
     (
@@ -55,12 +53,6 @@ OTHER_KINDS: tuple[tuple[str, str, str, str], ...] = (
         LOGIN_SHELL.kind,
         LOGIN_SHELL.message,
         render_hint(LOGIN_SHELL.hint).replace("{host}", "<host>"),
-    ),
-    (
-        "RemoteCommandError",
-        NO_BASE64.kind,
-        NO_BASE64.message,
-        NO_BASE64.hint,
     ),
     (
         "any read-only call",

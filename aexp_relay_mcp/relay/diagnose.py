@@ -24,6 +24,7 @@ from ..model.text import clean_text, tail
 from ..remote.counting import counted
 from ..remote.failures import classify_git_failure, classify_guard_failure, proxy_failure
 from ..remote.output import ScriptOutput
+from ..remote.parsing import unquote_path
 from ..remote.quoting import quote_path
 from ..remote.rollback import UndoReport, parse_report, restore_commands
 from ..ssh.failures import classify_ssh_failure
@@ -157,7 +158,7 @@ def script_failure(out: ScriptOutput, op: str | None, host: str, repo: str) -> R
     conflicts = out.section("conflicts")
     if op == "rebase" and conflicts is not None:
         found = counted(conflicts, 1)  # counted on the login node: exact, however many
-        files = [clean_text(f) for f in found.records]
+        files = [clean_text(unquote_path(f)) for f in found.records]
         details["conflicted_files"] = files
         details["conflicted_count"] = found.totals[0]
         if found.totals[0]:

@@ -14,9 +14,10 @@ never from counting a list; a list is read only as far as the output is whole, a
 flagged when it is not complete. A step whose count record is missing is
 ``UnparseableOutput``, never a smaller number.
 
-Records travel one per line; a newline inside one (a path may hold one) travels as
-``\\001`` and is turned back here. Only POSIX ``tr``, ``awk`` and ``sort`` are used (mawk,
-gawk and busybox awk alike), under ``LC_ALL=C``.
+Records travel one per line: git quotes a path that holds a newline, a tab, a quote or a
+control character, C-style (``parsing.unquote_path`` reads it back). Only POSIX ``awk``,
+``sort`` and ``head`` are used (mawk, gawk and busybox awk alike), under ``LC_ALL=C``; one
+awk beside git is all that counting a list costs.
 """
 
 from __future__ import annotations
@@ -29,43 +30,36 @@ from .quoting import quote
 
 LIST_CAP = 200  # records of each kind printed (results are cut further to their budget)
 LIST_BYTES = 64 * 1024  # bytes of records printed in all, whatever their length
-NL = "\x01"  # how a newline inside a record travels
 COUNT = "# aexp.count"
 
-# git's NUL-separated records -> one per line (newlines inside as \001).
-TO_LINES = "tr '\\n\\0' '\\001\\n'"
-
-# `git status --porcelain=v2 --branch -z`, then a record with git's exit status: headers
-# pass, entries are counted by kind and the first printed, and the count record ends it.
-# A rename ("2 ...") is followed by its source path, a record of its own. Exits as git did.
+# `git status --porcelain=v2 --branch` (a rename's source after a tab, on its line):
+# headers pass, entries are counted by kind and the first printed, and the count record
+# ends it. git prints `# branch.oid` first whenever it succeeds: without it, git failed
+# (its reason is on stderr) and so does this, with no count.
 _STATUS_AWK = """
-BEGIN { code = 1 }
-/^# aexp[.]exit / { code = $3 + 0; next }
+/^# branch[.]oid / { ran = 1 }
 /^# / { print; next }
 $0 == "" { next }
 /^[12] / {
   x = substr($0, 3, 1) != "."; y = substr($0, 4, 1) != "."; s += x; u += y
-  rec = $0; orig = ""; two = substr(rec, 1, 1) == "2"
-  if (two) { getline orig }
   if (((x && ps < cap) || (y && pu < cap)) && bytes < maxb) {
-    print rec; if (two) print orig
-    ps += x; pu += y; bytes += length(rec) + length(orig)
+    print; ps += x; pu += y; bytes += length($0)
   }
   next
 }
 /^u / { c++; if (pc < cap && bytes < maxb) { print; pc++; bytes += length($0) }; next }
 /^[?] / { n++; if (pn < cap && bytes < maxb) { print; pn++; bytes += length($0) }; next }
-END { print "# aexp.count " s + 0 " " u + 0 " " n + 0 " " c + 0; exit code }
+END {
+  if (!ran) exit 128
+  print "# aexp.count " s + 0 " " u + 0 " " n + 0 " " c + 0
+}
 """
 
 
 def counted_status(status: str, cap: int = LIST_CAP) -> str:
-    """Shell: ``status`` (a rendered ``git status --porcelain=v2 --branch -z``) counted on
-    the login node; ``cap`` entries of each kind printed (0: the headers only)."""
-    return (
-        f"{{ {status} </dev/null; printf '\\0# aexp.exit %s\\0' \"$?\"; }} | {TO_LINES} | "
-        f"awk -v cap={int(cap)} -v maxb={LIST_BYTES} {quote(_STATUS_AWK)}"
-    )
+    """Shell: ``status`` (a rendered ``git status --porcelain=v2 --branch``) counted on the
+    login node; ``cap`` entries of each kind printed (0: the headers only)."""
+    return f"{status} </dev/null | awk -v cap={int(cap)} -v maxb={LIST_BYTES} {quote(_STATUS_AWK)}"
 
 
 # Refs before ("B <sha> <ref>") and after ("A <sha> <ref>") a fetch -> what moved, each
@@ -99,7 +93,7 @@ def moved_refs(before: str, after: str, cap: int = LIST_CAP) -> str:
     )
 
 
-# NUL-separated names (git diff --name-only -z) -> the first ones, and their count.
+# Names, one a line (git diff --name-only, quoted where needed) -> the first, and a count.
 _NAMES_AWK = """
 $0 == "" { next }
 { n++; if (n <= cap && bytes < maxb) { print; bytes += length($0) } }
@@ -108,10 +102,8 @@ END { print "# aexp.count " n + 0 }
 
 
 def counted_names(command: str, cap: int = LIST_CAP) -> str:
-    """Shell: a command's NUL-separated names, counted; the first ``cap`` printed."""
-    return (
-        f"{command} | {TO_LINES} | awk -v cap={int(cap)} -v maxb={LIST_BYTES} {quote(_NAMES_AWK)}"
-    )
+    """Shell: a command's names, one a line, counted; the first ``cap`` printed."""
+    return f"{command} | awk -v cap={int(cap)} -v maxb={LIST_BYTES} {quote(_NAMES_AWK)}"
 
 
 # ------------------------------------------------------------------ reading them
@@ -154,7 +146,7 @@ def counted(section: Section, width: int, *, prefix: str = "") -> Counted:
             if len(numbers) == width and all(n.isdigit() for n in numbers):
                 totals = tuple(int(n) for n in numbers)
         elif line and index < len(kept):
-            records.append(line.replace(NL, "\n"))
+            records.append(line)
     if totals is None:
         raise UnparseableOutput(
             f"the count of step {section.name!r} is missing (it ends every counted list)"

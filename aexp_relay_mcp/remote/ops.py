@@ -271,7 +271,6 @@ STATUS = (
     "status",
     "--porcelain=v2",
     "--branch",
-    "-z",
     "--untracked-files=normal",
     "--ignore-submodules=none",
     "--ahead-behind",
@@ -431,7 +430,7 @@ def _build_repo_status(args: NoArgs, ctx: BuildContext) -> Script:
     return _seq(
         GIT_PRESENT,
         "b status",
-        f"{{ {counted_status(render_words(STATUS))}; }} </dev/null & _sp=$!",
+        f"{counted_status(render_words(STATUS))} & _sp=$!",  # $!: the counter, last
         f"_h=$({render_words(HEAD_LINE)} </dev/null 2>/dev/null); _hr=$?",
         where,
         "wait $_sp; _sr=$?",
@@ -601,7 +600,7 @@ def _build_rebase(args: NoArgs, ctx: BuildContext) -> Script:
     )
     conflicts = step_shell(
         "conflicts",
-        counted_names(render_words((*GIT, "diff", "--name-only", "--diff-filter=U", "-z"))),
+        counted_names(render_words((*GIT, "diff", "--name-only", "--diff-filter=U"))),
     )
     return _mutating(
         "rebase",

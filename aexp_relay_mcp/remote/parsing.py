@@ -34,12 +34,38 @@ class ParsedStatus:
         return any(n > k for n, k in zip(self.counts, shown, strict=True))
 
 
+_C_ESCAPES = {"a": 7, "b": 8, "t": 9, "n": 10, "v": 11, "f": 12, "r": 13, '"': 34, "\\": 92}
+_OCTAL = frozenset("01234567")
+
+
+def unquote_path(text: str) -> str:
+    """A path as git prints it one to a line: as is, or C-quoted (``"a\\tb"``) when it holds
+    a quote, a backslash, a tab, a newline or another control character."""
+    if len(text) < 2 or text[0] != '"' or text[-1] != '"':
+        return text
+    out = bytearray()
+    body, i = text[1:-1], 0
+    while i < len(body):
+        ch = body[i]
+        if ch == "\\" and len(body) >= i + 4 and set(body[i + 1 : i + 4]) <= _OCTAL:
+            out.append(int(body[i + 1 : i + 4], 8) & 0xFF)
+            i += 4
+        elif ch == "\\" and i + 1 < len(body) and body[i + 1] in _C_ESCAPES:
+            out.append(_C_ESCAPES[body[i + 1]])
+            i += 2
+        else:
+            out += ch.encode()
+            i += 1
+    return out.decode("utf-8", errors="backslashreplace")
+
+
 def parse_status_records(
     records: list[str], counts: tuple[int, int, int, int], cap: int = LIST_CAP
 ) -> ParsedStatus:
-    """``git status --porcelain=v2 --branch`` records (as ``counting`` prints them: the
-    first entries of each kind) and the exact ``counts`` (staged, unstaged, untracked,
-    conflicted) counted where git ran. The counts never come from the records."""
+    """``git status --porcelain=v2 --branch`` lines (as ``counting`` prints them: the first
+    entries of each kind; a rename's source after a tab) and the exact ``counts`` (staged,
+    unstaged, untracked, conflicted) counted where git ran. The counts never come from the
+    records."""
     branch: str | None = None
     head: str | None = None
     upstream: str | None = None
@@ -49,10 +75,7 @@ def parse_status_records(
     unstaged: list[FileEntry] = []
     untracked: list[str] = []
     conflicted: list[str] = []
-    i = 0
-    while i < len(records):
-        rec = records[i]
-        i += 1
+    for rec in records:
         if not rec:
             continue
         if rec.startswith("# branch.oid "):
@@ -70,11 +93,9 @@ def parse_status_records(
         elif rec[:2] in ("1 ", "2 "):
             fields = rec.split(" ", 8 if rec[0] == "1" else 9)
             xy = fields[1]
-            path = clean_text(fields[-1])
-            orig = None
-            if rec[0] == "2" and i < len(records):
-                orig = clean_text(records[i])
-                i += 1
+            where, _, source = fields[-1].partition("\t")
+            path = clean_text(unquote_path(where))
+            orig = clean_text(unquote_path(source)) if rec[0] == "2" else None
             entry = FileEntry(path=path, status=xy, orig_path=orig)
             if xy[0] != "." and len(staged) < cap:
                 staged.append(entry)
@@ -82,9 +103,9 @@ def parse_status_records(
                 unstaged.append(entry)
         elif rec.startswith("u "):
             if len(conflicted) < cap:
-                conflicted.append(clean_text(rec.split(" ", 10)[-1]))
+                conflicted.append(clean_text(unquote_path(rec.split(" ", 10)[-1])))
         elif rec.startswith("? ") and len(untracked) < cap:
-            untracked.append(clean_text(rec[2:]))
+            untracked.append(clean_text(unquote_path(rec[2:])))
     state = BranchState(branch=branch, head=head, upstream=upstream, ahead=ahead, behind=behind)
     return ParsedStatus(state, staged, unstaged, untracked, conflicted, counts)
 

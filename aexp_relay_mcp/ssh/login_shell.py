@@ -8,14 +8,20 @@ reads ``\\\\`` and ``\\'`` inside single quotes as escapes. So every script the 
 sends, a POSIX ``sh`` script, reaches the login shell as one line that all of them read
 the same way::
 
-    exec /bin/sh -c 'command -v base64 ... || exit 127; eval "$(printf %s <base64> | base64 -d)"'
+    exec /bin/sh -c 'eval "$(printf "<the script>")"'
+
+where the script's bytes outside ``[A-Za-z0-9 _./,:=+-@]`` travel as octal escapes
+(``\\ooo``):
 
 * one physical line, one single-quoted word: inside it no shell substitutes anything
-  (``$``, ``"``, ``(`` and ``|`` are literal in sh, csh and fish alike);
-* no single quote, no backslash and no ``!`` anywhere in it: the script travels as
-  base64, whose alphabet is letters, digits, ``+``, ``/`` and ``=``;
-* ``/bin/sh`` decodes the script and runs it in the same process: ``exec`` keeps the pid
-  sshd started, so ``$$`` in the script is still the process the remote kill aims at.
+  (``$``, ``"``, ``(`` are literal in sh, csh and fish alike);
+* no single quote, no ``!``, no newline anywhere in it, and a backslash only before three
+  octal digits: the one thing csh (``\\!``, backslash-newline) and fish (``\\\\``,
+  ``\\'``) read as escapes inside single quotes never occurs;
+* ``/bin/sh`` turns the escapes back into the script with its builtin ``printf`` (no
+  program runs for it: coreutils' ``base64`` cost twice as much) and runs it in the same
+  process: ``exec`` keeps the pid sshd started, so ``$$`` in the script is still the
+  process the remote kill aims at.
 
 What the login shell prints before it gets to this line (a banner in ``~/.cshrc``, a
 greeting in ``config.fish``) comes before the script's start marker and is set aside.
@@ -23,7 +29,6 @@ greeting in ``config.fish``) comes before the script's start marker and is set a
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 
@@ -33,9 +38,11 @@ from ..model.errors import Failure
 # passes the line to /bin/sh as one. Scripts stay far below this; a longer one is refused
 # before anything is sent.
 MAX_LINE_BYTES = 120_000
-# What the line prints (on stderr) when the login node has no base64 (coreutils).
-NO_BASE64 = "aexp-relay: base64 (coreutils) is not installed on the login node"
-_CHECK = f'command -v base64 >/dev/null 2>&1 || {{ echo "{NO_BASE64}" >&2; exit 127; }}; '
+# Bytes that travel as themselves: read alike inside single quotes by every shell, and
+# inside /bin/sh's double quotes and printf's format (no $, `, \, %, quote or newline).
+LITERAL = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 _./,:=+-@")
+# every byte -> itself or \ooo, as a str.translate table over latin-1
+_ENCODE = {b: chr(b) if b in LITERAL else f"\\{b:03o}" for b in range(256)}
 
 # Login shells that read a command string unlike POSIX sh: the relay works around them.
 NOT_POSIX = ("csh", "tcsh", "fish")
@@ -48,8 +55,8 @@ class CommandTooLong(ValueError):
 
 def for_login_shell(script: str) -> str:
     """The line handed to ssh: any login shell runs ``script`` with ``/bin/sh``."""
-    payload = base64.b64encode(script.encode()).decode("ascii")
-    line = f"exec /bin/sh -c '{_CHECK}eval \"$(printf %s {payload} | base64 -d)\"'"
+    payload = script.encode().decode("latin-1").translate(_ENCODE)
+    line = f'exec /bin/sh -c \'eval "$(printf "{payload}")"\''
     if len(line) > MAX_LINE_BYTES:
         raise CommandTooLong(
             f"the command is {len(line)} bytes once encoded, more than the {MAX_LINE_BYTES} "
@@ -99,15 +106,7 @@ def rc_guard(path: str | None) -> tuple[str, str]:
 
 def login_shell_failure(shell: str | None, exit_code: int | None, printed: str) -> Failure:
     """ssh logged in and the account's login shell ran, but our line never started: an
-    ``exec`` or ``exit`` in a start-up file, a shell nobody foresaw, no base64."""
-    if NO_BASE64 in printed:
-        return Failure(
-            "base64_missing",
-            "The login node has no `base64` (coreutils), which the relay needs to hand its "
-            "command to /bin/sh whatever the login shell is. Nothing ran.",
-            "Ask the cluster's admins for coreutils on the login node, or load a module "
-            "that provides it in your shell's start-up file.",
-        )
+    ``exec`` or ``exit`` in a start-up file, a shell nobody foresaw."""
     name = shell_name(shell) or named_in(printed)
     who = f"the account's login shell ({name})" if name else "the account's login shell"
     rc, guard = rc_guard(name)

@@ -37,7 +37,7 @@ def vm_hwm_kb(pid: int) -> int:
 async def test_git_missing_on_the_login_node_is_reported_with_a_hint(sandbox: Sandbox) -> None:
     tools = sandbox.root / "nogit"
     tools.mkdir()
-    for prog in ("sh", "base64", "timeout", "du", "cut", "sleep", "kill", "printf"):
+    for prog in ("sh", "timeout", "du", "cut", "sleep", "kill", "printf"):
         found = Path("/usr/bin", prog) if Path("/usr/bin", prog).exists() else Path("/bin", prog)
         if found.exists():
             (tools / prog).symlink_to(found)
@@ -53,7 +53,7 @@ async def test_a_login_node_without_coreutils_timeout_still_works(sandbox: Sandb
     """macOS and minimal images lack `timeout`: ops still run, bounded by the local timeout."""
     tools = sandbox.root / "notimeout"
     tools.mkdir()
-    coreutils = ("base64", "tr", "sort", "head", "xargs", "awk", "du", "cut", "sleep", "kill")
+    coreutils = ("tr", "sort", "head", "xargs", "awk", "du", "cut", "sleep", "kill")
     for prog in ("sh", "git", *coreutils):
         found = Path("/usr/bin", prog) if Path("/usr/bin", prog).exists() else Path("/bin", prog)
         if found.exists():
