@@ -78,6 +78,31 @@ def test_stopped_like_claude_code_it_exits_on_sigint_and_leaves_nothing_behind(
 
 
 @pytest.mark.sshd
+def test_a_call_stopped_before_its_start_came_back_never_runs_on_after_the_server() -> None:
+    """Stopped while the login shell still read its rc file: the relay never learnt the
+    command's process group, and finds it on the login node by its marker instead. (The
+    rc file ignores SIGPIPE, as some site profiles and job wrappers leave it: a command
+    whose connection went away then does not die on its first write, and would run on.)"""
+    with running_sandbox() as sb:
+        tag = hang_tag()
+        sb.git(sb.cluster, "config", "remote.origin.uploadpack", f"{tag}; git-upload-pack")
+        sb.account.delay_s = 1.7  # an rc file that takes its time
+        sb.set_profile("noisy")
+        bashrc = sb.account.home / ".bashrc"
+        bashrc.write_text("trap '' PIPE\n" + bashrc.read_text())
+        server = StdioServer(sb)
+        server.start_call("airgapped_fetch", {})
+        assert wait_until(lambda: processes_matching("sleep 1.7") != [], 15), server.stderr()
+        stopped = server.stop_like_claude_code()  # sent; its shell still in the rc file
+        server.close()
+        assert stopped.by == "SIGINT", stopped
+        time.sleep(2.5)  # the fetch would have started, and hung, by now
+        assert processes_matching(tag) == []
+        fetch = [line for line in audit_lines(sb) if line["op"] == "fetch"]
+    assert [line["outcome"] for line in fetch] == ["started", "interrupted"]
+
+
+@pytest.mark.sshd
 @pytest.mark.parametrize(
     ("how", "code"),
     [("SIGTERM", 128 + signal.SIGTERM), ("SIGHUP", 128 + signal.SIGHUP), ("stdin EOF", 0)],

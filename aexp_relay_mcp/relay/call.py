@@ -184,9 +184,8 @@ class Call:
             duration_s=round(self.elapsed, 4),
         )
         self.warnings.append(
-            f"The ssh connection to {self.host} dropped during this call; the relay ended "
-            "that run on the login node and ran the call again over a new connection. This "
-            "result is from the second run."
+            f"The ssh connection to {self.host} dropped during this call; the relay ran the "
+            "call again over a new connection. This result is from the second run."
         )
 
     def _started(self, execution: Execution) -> None:
@@ -220,8 +219,12 @@ class Call:
             self._execution.abort()
         if self.remote is not None:
             host, pgid = self.remote
-            self.remote = None
+            self.remote = self.unconfirmed = None
             self.transport.kill_remote_detached(host, pgid, undo_s=self.undo_s)
+        elif self.unconfirmed is not None:  # sent; its start had not come back yet
+            host, mark = self.unconfirmed
+            self.unconfirmed = None
+            self.transport.kill_remote_detached(host, None, needle=mark, undo_s=self.undo_s)
         self.finish("interrupted", "interrupted")
 
 

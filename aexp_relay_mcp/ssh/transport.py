@@ -89,6 +89,14 @@ def through(path: str) -> list[str]:
     return [f"ControlPath={path}", "ProxyCommand=false"]
 
 
+def _kill_command(pgid: int | None, needle: str, undo_s: float) -> str:
+    """The kill for a group by its id, or, when its start never came back, by its marker."""
+    grace = TERM_GRACE_S + undo_s
+    if pgid is not None:
+        return build_kill_command(pgid, term_grace_s=grace)
+    return build_kill_matching(needle, term_grace_s=grace)
+
+
 def _noted(result: ProcessResult, line: str) -> ProcessResult:
     """result, with a line of the relay's own at the end of its stderr."""
     return dataclasses.replace(result, stderr=f"{result.stderr}\naexp-relay: {line}\n")
@@ -290,12 +298,7 @@ class Transport:
         ``needle`` when its start marker never arrived); True once gone. Takes no session
         slot: a kill must not wait behind the very calls it ends. ``undo_s``: how long the
         group may take, after TERM, to undo what it started before it gets KILL."""
-        grace = TERM_GRACE_S + undo_s
-        command = (
-            build_kill_command(pgid, term_grace_s=grace)
-            if pgid is not None
-            else build_kill_matching(needle, term_grace_s=grace)
-        )
+        command = _kill_command(pgid, needle, undo_s)
         deadline = self.clock() + KILL_WAIT_S + undo_s
         try:
             run = await self.run(host, command, deadline=deadline, use_slot=False)
@@ -303,13 +306,16 @@ class Transport:
             return False  # a down host or a dead master: nothing more to do from here
         return KILL_DONE in run.result.stdout
 
-    def kill_remote_detached(self, host: str, pgid: int, *, undo_s: float = 0.0) -> None:
+    def kill_remote_detached(
+        self, host: str, pgid: int | None, *, needle: str = "", undo_s: float = 0.0
+    ) -> None:
         """Fire and forget, for shutdown: a short ``ssh ... kill`` in its own session that
-        outlives this process and ends on its own."""
+        outlives this process and ends on its own. (Over the master while it lives; else a
+        login of its own, so that nothing of the call's is left running there.)"""
         path = self.connections.live_path(host)
         argv = self.ssh_argv(
             host,
-            for_login_shell(build_kill_command(pgid, term_grace_s=TERM_GRACE_S + undo_s)),
+            for_login_shell(_kill_command(pgid, needle, undo_s)),
             [f"ControlPath={path}"] if path else [NO_CONTROL_PATH],
             connect_timeout=min(self.config.connect_timeout, 5),
         )
