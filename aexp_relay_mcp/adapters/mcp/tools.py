@@ -28,7 +28,10 @@ To get upstream changes: airgapped_fetch, then airgapped_pull (fast-forward only
 If pull says `diverged`, or push says `non_fast_forward`: airgapped_rebase, then airgapped_push.
 airgapped_push never forces. airgapped_wandb_sync uploads offline runs to Weights & Biases:
 it is a consent op. Call it without approve first, show the user the preview (runs, sizes,
-command), and pass approve=true only after the user agreed.
+and the commands it will run: one `wandb sync` per run), and pass approve=true only after
+the user agreed: that uploads exactly the previewed runs.
+A call cut by a dropped connection says so: read-only tools run again by themselves; the
+others say what became of the checkout (`checkout`, `head`, `push_landed`, `left`).
 Errors are JSON with kind, tool, message and hint; the hint names the next tool to call.
 Nothing outside these tools can run on the host."""
 
@@ -120,8 +123,9 @@ _EXTRA_DESCRIPTION: dict[str, str] = {
     "rebase": "It rewrites local, unpushed commits; a conflict returns kind 'conflict' with "
     "conflicted_files. After a success, call airgapped_push.",
     "push": "On kind 'non_fast_forward' call airgapped_rebase, then airgapped_push again.",
-    "wandb_sync": "Call without approve first to get the preview (kind 'consent_required'); "
-    "pass approve=true only after the user agreed.",
+    "wandb_sync": "Call without approve first to get the preview (kind 'consent_required'): "
+    "the runs, and every command the upload runs, one `wandb sync` per run. Pass "
+    "approve=true only after the user agreed; it uploads exactly the previewed runs.",
 }
 
 STATUS_DESCRIPTION = (
