@@ -71,6 +71,13 @@ def tag(sb: Sandbox, what: str) -> str:
     return f"aexp-{what}-{sb.root.name}"
 
 
+async def warm(sb: Sandbox, **config: Any) -> RelayClient:
+    """A client whose shared connection is up (its first call made it)."""
+    client = RelayClient(config=sb.config(**config))
+    await client.request("repo_status")
+    return client
+
+
 def audit(sb: Sandbox) -> list[dict[str, Any]]:
     return [json.loads(line) for line in sb.audit_log.read_text().splitlines()]
 
@@ -90,8 +97,7 @@ async def test_read_only_calls_cut_by_a_drop_succeed_with_one_new_login(
     sandbox: Sandbox, path: str, how: str
 ) -> None:
     sb = sandbox
-    client = RelayClient(config=sb.config(mux_client=path))
-    await client.request("repo_status")
+    client = await warm(sb, mux_client=path)
     slow_status(sb, 1.5)  # repo_status and fetch hold their sessions
     sb.push_from_other()
     upstream = sb.git(sb.other, "rev-parse", "HEAD").strip()
@@ -132,8 +138,7 @@ async def test_a_drop_before_the_command_started_is_retried_and_the_first_run_en
     """Cut while the login shell still read its rc file: no start marker came back, so the
     relay finds that run on the host by its marker and ends it before running again."""
     sb = sandbox
-    client = RelayClient(config=sb.config())
-    await client.request("repo_status")
+    client = await warm(sb)
     sb.account.delay_s = 1.43  # an rc file that takes 1.43 s before the command starts
     sb.set_profile("noisy")
     before = sb.logins()
@@ -154,8 +159,7 @@ async def test_a_drop_with_no_time_left_for_a_second_run_is_connection_dropped(
     sandbox: Sandbox,
 ) -> None:
     sb = sandbox
-    client = RelayClient(config=sb.config())
-    await client.request("repo_status")
+    client = await warm(sb)
     slow_status(sb, 2.0)
     started = time.monotonic()
     outcome, _ = await asyncio.gather(
@@ -174,8 +178,7 @@ async def test_a_command_killed_on_the_host_is_killed_not_a_drop(
     """The connection is fine and the command died of a signal there (an admin's kill,
     the OOM killer): that is `killed`, and it is not run again."""
     sb = sandbox
-    client = RelayClient(config=sb.config(mux_client=path))
-    await client.request("repo_status")
+    client = await warm(sb, mux_client=path)
     slow_status(sb, 5)
 
     def kill_the_command() -> None:
@@ -203,8 +206,7 @@ async def test_a_drop_on_an_mfa_host_is_not_retried_and_says_to_connect() -> Non
         assert sb.mfa is not None
         code, terminal = await asyncio.to_thread(connect_under_a_pty, sb, MFA_ALIAS, MFA_PASSWORD)
         assert code == 0, terminal
-        client = RelayClient(config=sb.config(ssh_host=MFA_ALIAS))
-        await client.request("repo_status")
+        client = await warm(sb, ssh_host=MFA_ALIAS)
         slow_status(sb, 1.5)
         started = time.monotonic()
         outcome, _ = await asyncio.gather(
@@ -230,8 +232,7 @@ async def test_a_pull_cut_by_a_drop_says_the_checkout_is_as_after_it_finished(
     the pull on the host, or finds that it ran on to its end with nobody to tell (its
     hook returns the moment the connection is gone, before the relay is back)."""
     sb = sandbox
-    client = RelayClient(config=sb.config())
-    await client.request("repo_status")
+    client = await warm(sb)
     upstream = sb.push_from_other()
     flag = sb.root / "dropped"
     waiting = tag(sb, "post-merge")
@@ -260,8 +261,7 @@ async def test_a_pull_cut_by_a_drop_says_the_checkout_is_as_after_it_finished(
 @pytest.mark.parametrize("how", list(DROPS))
 async def test_a_rebase_cut_by_a_drop_is_undone_and_says_so(sandbox: Sandbox, how: str) -> None:
     sb = sandbox
-    client = RelayClient(config=sb.config())
-    await client.request("repo_status")
+    client = await warm(sb)
     sb.push_from_other()
     sb.commit(sb.cluster, "local.txt", "mine\n", "local work")
     before = snapshot(sb, sb.cluster)
@@ -284,8 +284,7 @@ async def test_a_rebase_cut_by_a_drop_is_undone_and_says_so(sandbox: Sandbox, ho
 @pytest.mark.parametrize("landed", [True, False], ids=["landed", "not-landed"])
 async def test_a_push_cut_by_a_drop_says_whether_it_landed(sandbox: Sandbox, landed: bool) -> None:
     sb = sandbox
-    client = RelayClient(config=sb.config())
-    await client.request("repo_status")
+    client = await warm(sb)
     mine = sb.commit(sb.cluster, "x.txt", "x\n", "to push")
     old = sb.origin_refs()["refs/heads/main"]
     # origin's post-receive runs after the ref moved; the local pre-push before it does
@@ -310,8 +309,7 @@ async def test_an_upload_cut_by_a_drop_says_which_runs_went_up_and_how_to_contin
     sandbox: Sandbox,
 ) -> None:
     sb = sandbox
-    client = RelayClient(config=sb.config())
-    await client.request("repo_status")
+    client = await warm(sb)
     sb.write(sb.wandb_log.with_name(sb.wandb_log.name + ".delay"), "1")
     done = sb.wandb_log.with_name(sb.wandb_log.name + ".done")
     outcome, _ = await asyncio.gather(
