@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from aexp_relay_mcp import RelayClient, RelayConfig, RelayValidationError, validate_request
 from aexp_relay_mcp.model.targets import path_parts, validate_host, validate_repo
-from aexp_relay_mcp.remote.ops import OPS, BuildContext, build_check
+from aexp_relay_mcp.remote.ops import OPS, SHARED_UMASK, BuildContext, build_check
 from aexp_relay_mcp.remote.output import parse_script_output
 from aexp_relay_mcp.remote.quoting import quote, quote_path
 from aexp_relay_mcp.remote.script import Script, build_remote_command, step
@@ -362,3 +363,33 @@ def test_push_never_builds_a_forcing_deleting_or_mirroring_command() -> None:
 def test_check_script_without_repo_does_not_enter_one() -> None:
     text = build_check(BuildContext(repo="", wandb_words=("wandb",))).text
     assert "cd --" not in text
+
+
+@pytest.mark.parametrize(
+    ("shared", "umask"),
+    [
+        ("", "0022"),  # not shared: the member's own umask
+        ("umask", "0022"),
+        ("group", "0002"),
+        ("true", "0002"),
+        ("all", "0002"),
+        ("0660", "0007"),
+        ("0640", "0027"),
+        ("664", "0002"),
+    ],
+)
+def test_a_shared_checkout_s_setting_decides_the_ops_umask(
+    shared: str, umask: str, tmp_path: Path
+) -> None:
+    """git's own core.sharedRepository, whatever the member's umask (022 here)."""
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    if shared:
+        subprocess.run(["git", "-C", str(tmp_path), "config", "core.sharedRepository", shared])
+    out = subprocess.run(
+        ["sh", "-c", f"umask 022; {SHARED_UMASK}; umask"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == umask

@@ -293,8 +293,8 @@ COUNT_RANGE = ("git", "rev-list", "--count", Raw('"$o..HEAD"'))
 
 # Remote-tracking refs, each line tagged B (before a fetch) or A (after): counting.moved_refs.
 def _refs(tag: str) -> str:
-    return render_words(("git", "for-each-ref", f"--format={tag} %(objectname) %(refname)",
-                         "refs/remotes")) + " </dev/null"  # fmt: skip
+    listing = ("git", "for-each-ref", f"--format={tag} %(objectname) %(refname)", "refs/remotes")
+    return f"{render_words(listing)} </dev/null"
 
 
 # What the pull, rebase and push defaults in a config could change: autostash, rebasing
@@ -343,11 +343,11 @@ SAVE_HEAD = "o=$(git rev-parse -q --verify HEAD </dev/null)"
 # whatever the member's umask, as git does for objects alone. An octal mode gives its bits
 # (directories also x where r).
 SHARED_UMASK = (
-    "case $(git config --get core.sharedRepository </dev/null 2>/dev/null) in "
+    "_sr=$(git config --get core.sharedRepository </dev/null 2>/dev/null); case $_sr in "
     "group|true|1) umask g+rw ;; "
     "all|world|everybody|2) umask g+rw,o+r ;; "
-    "0[0-7][0-7][0-7]|[0-7][0-7][0-7]) _m=$(git config --get core.sharedRepository); "
-    '_m=$((0$_m)); umask "$(printf %o $((0777 & ~(_m | ((_m & 0444) >> 2)))))" ;; esac'
+    "0[0-7][0-7][0-7]|[0-7][0-7][0-7]) _m=$((0$_sr)); "
+    'umask "$(printf %o $((0777 & ~(_m | ((_m & 0444) >> 2)))))" ;; esac'
 )
 # git talks to origin over ssh without ever prompting; a core.sshCommand of the user's
 # (a key for GitHub) is kept, as git itself would.
