@@ -46,20 +46,20 @@ def _diverged(sb: Sandbox) -> str:
 
 def rebase_checkout(sb: Sandbox) -> str:
     up = _diverged(sb)
-    sb.slow_hook("post-checkout", 41, "aexp-slow-hook")
+    sb.slow_hook("post-checkout", 41.31, "aexp-slow-hook")
     return up
 
 
 def rebase_replay(sb: Sandbox) -> str:
     up = _diverged(sb)  # before the hook: the test's own commit must not wait on it
-    sb.slow_hook("post-commit", 42, "aexp-slow-hook")
+    sb.slow_hook("post-commit", 42.31, "aexp-slow-hook")
     return up
 
 
 def fast_forward_checkout(sb: Sandbox) -> str:
     # In checkout order: B-new.txt (added) and README.md (changed) are written before the
     # first .dat file's smudge filter runs, and is cut.
-    sb.slow_filter("*.dat", 43)
+    sb.slow_filter("*.dat", 43.31)
     sb.git(sb.other, "pull", "-q", "--ff-only", "origin", "main")
     for name, text in (("B-new.txt", "new\n"), ("README.md", "# changed\n"), ("a.dat", "a\n")):
         sb.write(sb.other / name, text)
@@ -71,15 +71,17 @@ def fast_forward_checkout(sb: Sandbox) -> str:
 
 def post_merge(sb: Sandbox) -> str:
     up = sb.push_from_other("upstream.txt", "theirs\n")
-    sb.slow_hook("post-merge", 44, "aexp-slow-hook")
+    sb.slow_hook("post-merge", 44.31, "aexp-slow-hook")
     return up
 
 
 CUT_POINTS = {
-    "the rebase's checkout": CutPoint("rebase", "sleep 41", "as_before", rebase_checkout),
-    "the replay of commits": CutPoint("rebase", "sleep 42", "as_before", rebase_replay),
-    "a fast-forward's checkout": CutPoint("pull", "sleep 43", "as_before", fast_forward_checkout),
-    "post-merge": CutPoint("pull", "sleep 44", "completed", post_merge),
+    "the rebase's checkout": CutPoint("rebase", "sleep 41.31", "as_before", rebase_checkout),
+    "the replay of commits": CutPoint("rebase", "sleep 42.31", "as_before", rebase_replay),
+    "a fast-forward's checkout": CutPoint(
+        "pull", "sleep 43.31", "as_before", fast_forward_checkout
+    ),
+    "post-merge": CutPoint("pull", "sleep 44.31", "completed", post_merge),
 }
 
 
@@ -229,8 +231,8 @@ async def test_a_failed_fast_forward_puts_back_what_it_wrote_in_the_same_call(
     client = RelayClient(config=sandbox.config())
 
     def kill_the_filter() -> None:
-        wait_until(lambda: bool(processes_matching("sleep 43")), 15)
-        for pid, _ in processes_matching("sleep 43"):  # the filter's sh, and its sleep
+        wait_until(lambda: bool(processes_matching("sleep 43.31")), 15)
+        for pid, _ in processes_matching("sleep 43.31"):  # the filter's sh, and its sleep
             subprocess.run(["kill", "-KILL", str(pid)], check=False)
 
     killer = threading.Thread(target=kill_the_filter)

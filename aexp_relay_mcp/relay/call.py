@@ -14,7 +14,6 @@ The audit log gets a ``started`` line before the first ssh and exactly one final
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -23,6 +22,7 @@ from typing import Any
 
 from ..model.errors import RelayError
 from ..remote.script import marker
+from ..ssh.procs import dead
 from ..ssh.runner import Execution
 from ..ssh.transport import RemoteRun, Transport
 from .audit import AuditLog
@@ -77,15 +77,9 @@ class Call:
 
     @property
     def reaped(self) -> bool:
-        """No local process of this call is left (not even a zombie): what shutdown waits
-        for. A session on a shared connection has none."""
-        for pid in list(self._local_pids):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                self._local_pids.discard(pid)
-            except PermissionError:
-                pass
+        """No local process of this call is alive (a zombie is dead: it goes with us): what
+        shutdown waits for. A session on a shared connection has none."""
+        self._local_pids = {pid for pid in self._local_pids if not dead(pid)}
         return not self._local_pids
 
     def set_limit(self, seconds: float) -> None:

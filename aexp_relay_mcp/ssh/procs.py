@@ -6,6 +6,7 @@ them) and, by the sandbox and the tests, to prove nothing was left behind.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,22 @@ class ProcInfo:
     @property
     def cmdline(self) -> str:
         return b" ".join(self.argv).decode(errors="replace")
+
+
+def dead(pid: int) -> bool:
+    """Whether pid has ended: gone, or a zombie (dead, waiting to be reaped; one of ours is
+    reaped by init once we exit)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False  # no /proc (macOS): alive until reaped
+    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
 
 
 def process_table() -> list[ProcInfo]:
