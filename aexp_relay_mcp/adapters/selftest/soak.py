@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 
 import anyio
 from mcp import ClientSession
-from mcp.client.stdio import StdioServerParameters, stdio_client
 
 from ...sandbox import Sandbox
-from ..mcp.launch import server_command
 from ..mcp.tools import tool_name
-from .sweep import CALL_TIMEOUT_S, payload
+from .run import run_sweep
+from .sweep import CALL_TIMEOUT_S, Sweep, payload
 
 # The read-only tools, and the answer each gives when all is well (wandb_sync without
 # approve answers with its preview, as kind consent_required).
@@ -69,8 +68,6 @@ async def soak(
     """Run the soak against sb; the figures. The master is SIGKILLed every ``kill_every``
     seconds (after a first call made it)."""
     figures = SoakFigures()
-    command, args = server_command(search_path=False)
-    params = StdioServerParameters(command=command, args=args, env=sb.env())
     stop_at = 0.0
 
     async def caller(session: ClientSession, index: int) -> None:
@@ -91,14 +88,12 @@ async def soak(
             figures.retried += any("dropped" in str(w) for w in warnings)
 
     async def server(index: int) -> None:
-        async with (
-            stdio_client(params) as (read, write),
-            ClientSession(read, write, read_timeout_seconds=CALL_TIMEOUT_S) as session,
-        ):
-            await session.initialize()
+        async def callers_of(sweep: Sweep) -> None:
             async with anyio.create_task_group() as tg:
                 for c in range(callers):
-                    tg.start_soon(caller, session, index * callers + c)
+                    tg.start_soon(caller, sweep.session, index * callers + c)
+
+        await run_sweep(sb.env(), callers_of)
 
     async def killer() -> None:
         while time.monotonic() + kill_every < stop_at:
@@ -108,8 +103,10 @@ async def soak(
                 os.kill(pid, signal.SIGKILL)
             figures.kills += bool(masters)
 
-    # one call first, so that the soak starts on a live master
-    await sb_first_call(params)
+    async def first_call(sweep: Sweep) -> None:
+        await sweep.call(tool_name("repo_status"))
+
+    await run_sweep(sb.env(), first_call)  # the soak starts on a live master
     logins = sb.logins()
     stop_at = time.monotonic() + seconds
     async with anyio.create_task_group() as tg:
@@ -118,12 +115,3 @@ async def soak(
         tg.start_soon(killer)
     figures.logins = sb.logins() - logins
     return figures
-
-
-async def sb_first_call(params: StdioServerParameters) -> None:
-    async with (
-        stdio_client(params) as (read, write),
-        ClientSession(read, write, read_timeout_seconds=CALL_TIMEOUT_S) as session,
-    ):
-        await session.initialize()
-        await session.call_tool(tool_name("repo_status"), {})
